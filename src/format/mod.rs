@@ -1,0 +1,398 @@
+//! The `.netsy` data file, byte-compatible with the Go Netsy.
+//!
+//! A file is a stream of varint-length-delimited protobuf messages: one [`FileHeader`], then
+//! `records_count` [`Record`]s, then one [`FileFooter`]. When the header says
+//! `FILE_COMPRESSION_ZSTD`, everything after the header is a single zstd frame.
+//!
+//! Every message carries a CRC-64/XZ (Go's `crc64.ECMA` table) of itself encoded with
+//! `crc = 0`, and the footer carries the CRC of all records concatenated (each with
+//! `crc = 0`). The Go reader checks a CRC by decoding, zeroing `crc` and re-encoding, so the
+//! writer must produce canonical protobuf: prost's encoding (fields in number order, proto3
+//! defaults omitted) is exactly that, and the fields we added are numbered above 15.
+//!
+//! The reader trusts nothing: it verifies the four kinds of CRC, the record count and the
+//! footer's first/last revision, bounds every message at 4 MiB (the Go reader's limit), and
+//! names the file and the failing check in its error, because an operator facing a corrupt
+//! bucket needs to know which object to look at.
+
+mod crc;
+pub mod json;
+
+pub use crc::crc64;
+
+use crate::proto::netsy::{FileCompression, FileFooter, FileHeader, FileKind, Record};
+use bytes::{Bytes, BytesMut};
+use prost::Message;
+use std::io::Read;
+
+/// The schema version we write: the Go Netsy leaves the field unset (0), and so do we, so a
+/// Go reader that checks it accepts our files.
+pub const SCHEMA_VERSION: u32 = 0;
+/// The highest schema version this reader understands.
+pub const MAX_SCHEMA_VERSION: u32 = 1;
+/// Largest message the Go reader accepts; we refuse to write or read anything larger.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Chunks whose key+value bytes exceed this are zstd-compressed (the Go Netsy's threshold).
+pub const CHUNK_COMPRESSION_THRESHOLD: usize = 4 * 1024;
+
+const CHUNK_ZSTD_LEVEL: i32 = 1;
+const SNAPSHOT_ZSTD_LEVEL: i32 = 3;
+
+/// A corrupt or unreadable data file: which file, and which check failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {check}")]
+pub struct FormatError {
+    /// The object key or path of the file.
+    pub file: String,
+    /// What was wrong with it.
+    pub check: Check,
+}
+
+/// The check a data file failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Check {
+    #[error("truncated while reading {0}")]
+    Truncated(String),
+    #[error("{what} is {len} bytes, above the {MAX_MESSAGE_BYTES}-byte message limit")]
+    MessageTooLarge { what: String, len: u64 },
+    #[error("{what} does not decode: {source}")]
+    Decode {
+        what: String,
+        source: prost::DecodeError,
+    },
+    #[error("header crc mismatch: stored {stored:#018x}, computed {computed:#018x}")]
+    HeaderCrc { stored: u64, computed: u64 },
+    #[error("record {index} (revision {revision}) crc mismatch: stored {stored:#018x}, computed {computed:#018x}")]
+    RecordCrc {
+        index: usize,
+        revision: i64,
+        stored: u64,
+        computed: u64,
+    },
+    #[error("footer crc mismatch: stored {stored:#018x}, computed {computed:#018x}")]
+    FooterCrc { stored: u64, computed: u64 },
+    #[error("records crc mismatch: stored {stored:#018x}, computed {computed:#018x}")]
+    RecordsCrc { stored: u64, computed: u64 },
+    #[error("unsupported schema version {0}")]
+    SchemaVersion(u32),
+    #[error("unknown file kind {0}")]
+    Kind(i32),
+    #[error("unknown compression {0}")]
+    Compression(i32),
+    #[error("negative record count {0} in header")]
+    NegativeCount(i64),
+    #[error("footer first_revision {footer} but first record has revision {actual}")]
+    FirstRevision { footer: i64, actual: i64 },
+    #[error("footer last_revision {footer} but last record has revision {actual}")]
+    LastRevision { footer: i64, actual: i64 },
+    #[error("record {index} has revision {revision} below the previous record's {previous}")]
+    RevisionOrder {
+        index: usize,
+        revision: i64,
+        previous: i64,
+    },
+    #[error("{0} bytes after the footer")]
+    TrailingData(u64),
+    #[error("zstd body: {0}")]
+    Zstd(std::io::Error),
+    #[error("record {index} is {len} bytes, above the {MAX_MESSAGE_BYTES}-byte message limit")]
+    RecordTooLarge { index: usize, len: usize },
+}
+
+impl FormatError {
+    fn new(file: &str, check: Check) -> Self {
+        Self {
+            file: file.to_string(),
+            check,
+        }
+    }
+}
+
+/// A fully decoded and verified data file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataFile {
+    pub header: FileHeader,
+    pub records: Vec<Record>,
+    pub footer: FileFooter,
+}
+
+/// What a writer puts in a file's header besides the records.
+#[derive(Debug, Clone, Default)]
+pub struct FileMeta {
+    pub leader_id: String,
+    pub created_at: Option<prost_types::Timestamp>,
+    /// Snapshots only: the store's compacted revision.
+    pub compact_revision: i64,
+}
+
+/// Encodes a file. Sets every record's `crc` and the footer's CRCs and revision range.
+/// Chunks are compressed above [`CHUNK_COMPRESSION_THRESHOLD`] bytes of key+value data,
+/// snapshots always.
+pub fn encode(kind: FileKind, meta: &FileMeta, records: &mut [Record]) -> Result<Vec<u8>, Check> {
+    let compress = match kind {
+        FileKind::Snapshot => true,
+        _ => {
+            records
+                .iter()
+                .map(|r| r.key.len() + r.value.len())
+                .sum::<usize>()
+                > CHUNK_COMPRESSION_THRESHOLD
+        }
+    };
+    let mut header = FileHeader {
+        crc: 0,
+        schema_version: SCHEMA_VERSION,
+        kind: kind as i32,
+        compression: if compress {
+            FileCompression::Zstd
+        } else {
+            FileCompression::None
+        } as i32,
+        records_count: records.len() as i64,
+        leader_id: meta.leader_id.clone(),
+        created_at: meta.created_at,
+        compact_revision: meta.compact_revision,
+    };
+    header.crc = crc64(&header.encode_to_vec());
+
+    let mut body = Vec::with_capacity(records.iter().map(|r| r.encoded_len() + 16).sum());
+    let mut records_crc = crc::Digest::new();
+    let mut scratch = Vec::new();
+    for (index, record) in records.iter_mut().enumerate() {
+        record.crc = 0;
+        scratch.clear();
+        record.encode(&mut scratch).expect("vec grows");
+        if scratch.len() > MAX_MESSAGE_BYTES {
+            return Err(Check::RecordTooLarge {
+                index,
+                len: scratch.len(),
+            });
+        }
+        records_crc.update(&scratch);
+        record.crc = crc64(&scratch);
+        record.encode_length_delimited(&mut body).expect("vec grows");
+    }
+    let mut footer = FileFooter {
+        records_crc: records_crc.finish(),
+        first_revision: records.first().map_or(0, |r| r.revision),
+        last_revision: records.last().map_or(0, |r| r.revision),
+        crc: 0,
+    };
+    footer.crc = crc64(&footer.encode_to_vec());
+    footer.encode_length_delimited(&mut body).expect("vec grows");
+
+    let mut out = Vec::with_capacity(body.len() / if compress { 3 } else { 1 } + 128);
+    header.encode_length_delimited(&mut out).expect("vec grows");
+    if compress {
+        let level = if kind == FileKind::Snapshot {
+            SNAPSHOT_ZSTD_LEVEL
+        } else {
+            CHUNK_ZSTD_LEVEL
+        };
+        zstd::stream::copy_encode(&body[..], &mut out, level).map_err(Check::Zstd)?;
+    } else {
+        out.extend_from_slice(&body);
+    }
+    Ok(out)
+}
+
+/// Decodes and verifies a whole file.
+pub fn decode(file: &str, data: &[u8]) -> Result<DataFile, FormatError> {
+    let mut records = Vec::new();
+    let (header, footer) = decode_with(file, data, |r| {
+        records.push(r);
+        Ok(())
+    })?;
+    Ok(DataFile {
+        header,
+        records,
+        footer,
+    })
+}
+
+/// Decodes and verifies a file, handing each record to `visit` as soon as its own CRC checks.
+/// The file-level checks (count, records CRC, footer) come after the last record, so a caller
+/// that acts on records must be ready to discard them when this returns an error.
+pub fn decode_with(
+    file: &str,
+    data: &[u8],
+    mut visit: impl FnMut(Record) -> Result<(), Check>,
+) -> Result<(FileHeader, FileFooter), FormatError> {
+    let fail = |check| FormatError::new(file, check);
+    let mut input = data;
+    let header_bytes = read_message(&mut input, "header").map_err(fail)?;
+    let mut header = FileHeader::decode(header_bytes.clone()).map_err(|source| {
+        fail(Check::Decode {
+            what: "header".into(),
+            source,
+        })
+    })?;
+    let stored = header.crc;
+    header.crc = 0;
+    let computed = crc64(&header.encode_to_vec());
+    if stored != computed {
+        return Err(fail(Check::HeaderCrc { stored, computed }));
+    }
+    header.crc = stored;
+    if header.schema_version > MAX_SCHEMA_VERSION {
+        return Err(fail(Check::SchemaVersion(header.schema_version)));
+    }
+    if FileKind::try_from(header.kind).is_err() || header.kind == FileKind::Unknown as i32 {
+        return Err(fail(Check::Kind(header.kind)));
+    }
+    if header.records_count < 0 {
+        return Err(fail(Check::NegativeCount(header.records_count)));
+    }
+    match FileCompression::try_from(header.compression) {
+        Ok(FileCompression::None) => {
+            let footer = read_body(&header, &mut input, &mut visit).map_err(fail)?;
+            if !input.is_empty() {
+                return Err(fail(Check::TrailingData(input.len() as u64)));
+            }
+            Ok((header, footer))
+        }
+        Ok(FileCompression::Zstd) => {
+            let mut decoder = zstd::stream::read::Decoder::with_buffer(input)
+                .map_err(|e| fail(Check::Zstd(e)))?
+                .single_frame();
+            let footer = read_body(&header, &mut decoder, &mut visit).map_err(fail)?;
+            // Anything left in the frame, or after it, is corruption.
+            let mut rest = Vec::new();
+            let trailing = decoder
+                .read_to_end(&mut rest)
+                .map_err(|e| fail(Check::Zstd(e)))?;
+            if trailing > 0 {
+                return Err(fail(Check::TrailingData(trailing as u64)));
+            }
+            let after = decoder.finish();
+            if !after.is_empty() {
+                return Err(fail(Check::TrailingData(after.len() as u64)));
+            }
+            Ok((header, footer))
+        }
+        _ => Err(fail(Check::Compression(header.compression))),
+    }
+}
+
+fn read_body(
+    header: &FileHeader,
+    input: &mut impl Read,
+    visit: &mut impl FnMut(Record) -> Result<(), Check>,
+) -> Result<FileFooter, Check> {
+    let mut records_crc = crc::Digest::new();
+    let mut first = None;
+    let mut last = None;
+    for index in 0..header.records_count as usize {
+        let what = || format!("record {index}");
+        let buf = read_message(input, &what())?;
+        let mut record = Record::decode(buf).map_err(|source| Check::Decode {
+            what: what(),
+            source,
+        })?;
+        let stored = record.crc;
+        record.crc = 0;
+        let encoded = record.encode_to_vec();
+        let computed = crc64(&encoded);
+        if stored != computed {
+            return Err(Check::RecordCrc {
+                index,
+                revision: record.revision,
+                stored,
+                computed,
+            });
+        }
+        records_crc.update(&encoded);
+        record.crc = stored;
+        if let Some(previous) = last {
+            if record.revision < previous {
+                return Err(Check::RevisionOrder {
+                    index,
+                    revision: record.revision,
+                    previous,
+                });
+            }
+        }
+        first.get_or_insert(record.revision);
+        last = Some(record.revision);
+        visit(record)?;
+    }
+    let buf = read_message(input, "footer")?;
+    let mut footer = FileFooter::decode(buf).map_err(|source| Check::Decode {
+        what: "footer".into(),
+        source,
+    })?;
+    let stored = footer.crc;
+    footer.crc = 0;
+    let computed = crc64(&footer.encode_to_vec());
+    if stored != computed {
+        return Err(Check::FooterCrc { stored, computed });
+    }
+    footer.crc = stored;
+    let computed = records_crc.finish();
+    if footer.records_crc != computed {
+        return Err(Check::RecordsCrc {
+            stored: footer.records_crc,
+            computed,
+        });
+    }
+    if let Some(actual) = first {
+        if footer.first_revision != actual {
+            return Err(Check::FirstRevision {
+                footer: footer.first_revision,
+                actual,
+            });
+        }
+    }
+    if let Some(actual) = last {
+        if footer.last_revision != actual {
+            return Err(Check::LastRevision {
+                footer: footer.last_revision,
+                actual,
+            });
+        }
+    }
+    Ok(footer)
+}
+
+/// Reads one varint-length-delimited message into its own buffer, so that `Bytes` fields
+/// decoded from it share that buffer rather than the whole file's.
+fn read_message(input: &mut impl Read, what: &str) -> Result<Bytes, Check> {
+    let truncated = || Check::Truncated(what.to_string());
+    let mut len: u64 = 0;
+    let mut shift = 0;
+    loop {
+        let mut byte = [0u8; 1];
+        match input.read(&mut byte) {
+            Ok(0) => return Err(truncated()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Check::Zstd(e)),
+        }
+        if shift >= 64 {
+            return Err(Check::Decode {
+                what: format!("{what} length"),
+                source: prost::DecodeError::new("varint overflow"),
+            });
+        }
+        len |= u64::from(byte[0] & 0x7f) << shift;
+        shift += 7;
+        if byte[0] & 0x80 == 0 {
+            break;
+        }
+    }
+    if len > MAX_MESSAGE_BYTES as u64 {
+        return Err(Check::MessageTooLarge {
+            what: what.to_string(),
+            len,
+        });
+    }
+    let mut buf = BytesMut::zeroed(len as usize);
+    input.read_exact(&mut buf).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => truncated(),
+        _ => Check::Zstd(e),
+    })?;
+    Ok(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests;
