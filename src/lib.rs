@@ -1,2 +1,3 @@
 pub mod format;
+pub mod store;
 pub mod proto;

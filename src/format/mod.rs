@@ -91,6 +91,8 @@ pub enum Check {
         revision: i64,
         previous: i64,
     },
+    #[error("length prefix of {0} overflows")]
+    LengthOverflow(String),
     #[error("{0} bytes after the footer")]
     TrailingData(u64),
     #[error("zstd body: {0}")]
@@ -369,10 +371,7 @@ fn read_message(input: &mut impl Read, what: &str) -> Result<Bytes, Check> {
             Err(e) => return Err(Check::Zstd(e)),
         }
         if shift >= 64 {
-            return Err(Check::Decode {
-                what: format!("{what} length"),
-                source: prost::DecodeError::new("varint overflow"),
-            });
+            return Err(Check::LengthOverflow(what.to_string()));
         }
         len |= u64::from(byte[0] & 0x7f) << shift;
         shift += 7;

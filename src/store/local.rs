@@ -1,0 +1,323 @@
+//! A local directory as the object store: the embedded default, so `netsy serve` works with
+//! no cloud at all, and with the same semantics as S3.
+//!
+//! Create-if-absent writes a temporary file, fsyncs it, then hard-links it into place:
+//! `link` fails atomically if the target exists, so two processes racing for one chunk key
+//! get exactly one winner, and a crash leaves either the whole object or nothing. Directories
+//! are fsynced before success so an acknowledged object survives power loss. Conditional
+//! updates (If-Match) and deletes hold an exclusive `flock` on `.lock` in the root, which
+//! makes compare-and-swap atomic across processes sharing the directory.
+
+use super::{content_etag, Object, ObjectMeta, ObjectStore, PutMode, Result, StoreError};
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    root: Arc<PathBuf>,
+}
+
+const TMP_PREFIX: &str = ".tmp-";
+const LOCK_FILE: &str = ".lock";
+
+impl LocalStore {
+    /// Opens (creating if needed) a directory store.
+    pub fn open(root: impl AsRef<Path>) -> std::io::Result<Self> {
+        let root = root.as_ref().to_path_buf();
+        fs::create_dir_all(&root)?;
+        Ok(Self {
+            root: Arc::new(fs::canonicalize(root)?),
+        })
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf> {
+        let valid = !key.is_empty()
+            && !key.starts_with('/')
+            && key
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != ".." && !c.starts_with(TMP_PREFIX));
+        if !valid || key == LOCK_FILE {
+            return Err(StoreError::Other {
+                key: key.to_string(),
+                message: "invalid object key".into(),
+            });
+        }
+        Ok(self.root.join(key))
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        key: &str,
+        f: impl FnOnce(&LocalStore) -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let this = self.clone();
+        let k = key.to_string();
+        tokio::task::spawn_blocking(move || f(&this))
+            .await
+            .map_err(|e| StoreError::Other {
+                key: k.clone(),
+                message: e.to_string(),
+            })?
+            .map_err(|e| io_error(&k, e))
+    }
+
+    fn lock(&self) -> std::io::Result<File> {
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.root.join(LOCK_FILE))?;
+        f.lock()?;
+        Ok(f)
+    }
+
+    /// Writes `data` to a new temporary file beside `target` and fsyncs it.
+    fn write_tmp(&self, target: &Path, data: &[u8]) -> std::io::Result<PathBuf> {
+        let dir = target.parent().expect("keys have a parent");
+        if !dir.exists() {
+            fs::create_dir_all(dir)?;
+            // Make the new directory entries durable too.
+            let mut d = dir;
+            while let Some(parent) = d.parent() {
+                sync_dir(parent)?;
+                if parent == self.root.as_path() {
+                    break;
+                }
+                d = parent;
+            }
+        }
+        let tmp = dir.join(format!("{TMP_PREFIX}{:016x}", rand::random::<u64>()));
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        Ok(tmp)
+    }
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn io_error(key: &str, e: std::io::Error) -> StoreError {
+    match e.kind() {
+        ErrorKind::NotFound => StoreError::NotFound {
+            key: key.to_string(),
+        },
+        ErrorKind::AlreadyExists => StoreError::AlreadyExists {
+            key: key.to_string(),
+        },
+        _ => StoreError::Other {
+            key: key.to_string(),
+            message: e.to_string(),
+        },
+    }
+}
+
+fn precondition() -> std::io::Error {
+    std::io::Error::other("precondition failed")
+}
+
+#[async_trait]
+impl ObjectStore for LocalStore {
+    async fn get(&self, key: &str) -> Result<Object> {
+        let path = self.path(key)?;
+        let data = self.blocking(key, move |_| fs::read(path)).await?;
+        let etag = content_etag(&data);
+        Ok(Object {
+            data: data.into(),
+            etag,
+        })
+    }
+
+    async fn get_range(&self, key: &str, start: u64, end: u64) -> Result<Bytes> {
+        let path = self.path(key)?;
+        self.blocking(key, move |_| {
+            let mut f = File::open(path)?;
+            let len = f.metadata()?.len();
+            let end = end.min(len);
+            let start = start.min(end);
+            f.seek(SeekFrom::Start(start))?;
+            let mut buf = vec![0; (end - start) as usize];
+            f.read_exact(&mut buf)?;
+            Ok(Bytes::from(buf))
+        })
+        .await
+    }
+
+    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<String> {
+        let path = self.path(key)?;
+        let etag = content_etag(&data);
+        let k = key.to_string();
+        let outcome = self
+            .blocking(key, move |store| {
+                let tmp = store.write_tmp(&path, &data)?;
+                let dir = path.parent().expect("keys have a parent").to_path_buf();
+                let result = (|| match &mode {
+                    PutMode::Create => {
+                        // Atomic create-if-absent: link fails if the target exists.
+                        fs::hard_link(&tmp, &path)?;
+                        Ok(true)
+                    }
+                    PutMode::Overwrite => {
+                        let _lock = store.lock()?;
+                        fs::rename(&tmp, &path)?;
+                        Ok(true)
+                    }
+                    PutMode::Update(want) => {
+                        let _lock = store.lock()?;
+                        match fs::read(&path) {
+                            Ok(current) if &content_etag(&current) == want => {
+                                fs::rename(&tmp, &path)?;
+                                Ok(true)
+                            }
+                            Ok(_) => Ok(false),
+                            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+                            Err(e) => Err(e),
+                        }
+                    }
+                })();
+                let _ = fs::remove_file(&tmp);
+                let applied = result?;
+                if applied {
+                    sync_dir(&dir)?;
+                    Ok(())
+                } else {
+                    Err(precondition())
+                }
+            })
+            .await;
+        match outcome {
+            Ok(()) => Ok(etag),
+            Err(StoreError::Other { message, .. }) if message == "precondition failed" => {
+                Err(StoreError::Precondition { key: k })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn list(&self, prefix: &str, start_after: Option<&str>) -> Result<Vec<ObjectMeta>> {
+        let prefix = prefix.to_string();
+        let start_after = start_after.map(str::to_string);
+        self.blocking(&prefix.clone(), move |store| {
+            // Walk only the directory the prefix's complete components name.
+            let base = match prefix.rfind('/') {
+                Some(i) => &prefix[..i],
+                None => "",
+            };
+            let mut out = Vec::new();
+            let dir = if base.is_empty() {
+                store.root.to_path_buf()
+            } else {
+                store.root.join(base)
+            };
+            walk(&dir, base, &mut |key, meta| {
+                if key.starts_with(&prefix) && start_after.as_deref().is_none_or(|s| key > s) {
+                    let modified = meta
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_millis() as i64);
+                    out.push(ObjectMeta {
+                        key: key.to_string(),
+                        size: meta.len(),
+                        last_modified_ms: modified,
+                    });
+                }
+            })?;
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path(key)?;
+        self.blocking(key, move |store| {
+            let _lock = store.lock()?;
+            match fs::remove_file(&path) {
+                Ok(()) => sync_dir(path.parent().expect("keys have a parent")),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+
+    fn describe(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+}
+
+fn walk(dir: &Path, rel: &str, f: &mut impl FnMut(&str, &fs::Metadata)) -> std::io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with(TMP_PREFIX) || (rel.is_empty() && name == LOCK_FILE) {
+            continue;
+        }
+        let key = if rel.is_empty() {
+            name.to_string()
+        } else {
+            format!("{rel}/{name}")
+        };
+        let meta = entry.metadata()?;
+        if meta.is_dir() {
+            walk(&entry.path(), &key, f)?;
+        } else {
+            f(&key, &meta);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn passes_conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::store::conformance::run_all(&LocalStore::open(dir.path()).unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn refuses_keys_that_escape_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        for key in ["../x", "/abs", "a//b", "a/./b", ".lock", ".tmp-1"] {
+            assert!(store.get(key).await.is_err(), "{key}");
+            assert!(store
+                .put(key, Bytes::from_static(b"x"), PutMode::Overwrite)
+                .await
+                .is_err());
+        }
+    }
+
+    #[tokio::test]
+    async fn leaves_no_temporary_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        store
+            .put("a/b", Bytes::from_static(b"1"), PutMode::Create)
+            .await
+            .unwrap();
+        let _ = store
+            .put("a/b", Bytes::from_static(b"2"), PutMode::Create)
+            .await;
+        let names: Vec<_> = fs::read_dir(dir.path().join("a"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec!["b"]);
+    }
+}
