@@ -1,3 +1,4 @@
 pub mod format;
+pub mod mvcc;
 pub mod store;
 pub mod proto;

@@ -1,0 +1,444 @@
+//! The in-memory multi-version store: every revision of every key since the last compaction,
+//! in persistent (structurally shared) maps.
+//!
+//! A [`State`] is an immutable value. The log's writer task derives the next state from the
+//! current one (cheap: imbl maps share all untouched nodes) and publishes it only after the
+//! chunk holding the change is in the bucket; readers take the published `Arc<State>` and
+//! never wait for a writer or take a lock. Any revision still retained can be read from any
+//! state, which is how historical reads, paginated lists pinned to a revision and watch
+//! replay work without touching storage.
+//!
+//! Semantics follow etcd's mvcc: a write transaction bumps the revision by one whatever the
+//! number of keys it changes; `version` counts modifications since creation and a delete
+//! leaves a tombstone (version 0) so that history and watch events stay exact; compaction at
+//! `rev` keeps, per key, the newest version at or below `rev` unless it is a tombstone.
+
+mod range;
+mod txn;
+
+#[cfg(test)]
+mod tests;
+
+pub use range::{key_in_range, KeyRange};
+pub use txn::{txn_is_read_only, Evaluated, TxnEval};
+
+use crate::proto::mvccpb;
+use crate::proto::netsy::{Record, RecordKind};
+use bytes::Bytes;
+use imbl::{OrdMap, OrdSet};
+use std::sync::Arc;
+
+/// Errors of the engine, with etcd's messages. The API layer maps them to gRPC codes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("mvcc: required revision is a future revision")]
+    FutureRevision,
+    #[error("lease not found")]
+    LeaseNotFound,
+    #[error("lease already exists")]
+    LeaseExists,
+    #[error("key not found")]
+    KeyNotFound,
+    /// A replayed record contradicts the state it is applied to.
+    #[error("record at revision {revision} for key {key:?}: {reason}")]
+    Inconsistent {
+        revision: i64,
+        key: String,
+        reason: String,
+    },
+}
+
+/// One version of one key. `version == 0` marks a tombstone (the key was deleted at
+/// `mod_revision`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    pub mod_revision: i64,
+    pub create_revision: i64,
+    pub version: i64,
+    pub lease: i64,
+    pub value: Bytes,
+}
+
+impl Version {
+    pub fn is_tombstone(&self) -> bool {
+        self.version == 0
+    }
+
+    pub fn to_kv(&self, key: &Bytes, keys_only: bool) -> mvccpb::KeyValue {
+        mvccpb::KeyValue {
+            key: key.clone(),
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+            version: self.version,
+            value: if keys_only {
+                Bytes::new()
+            } else {
+                self.value.clone()
+            },
+            lease: self.lease,
+        }
+    }
+}
+
+/// All retained versions of one key, oldest first. Shared between states until a write to
+/// this key copies it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct History(Arc<Vec<Version>>);
+
+impl History {
+    /// The version in effect at `rev` (the newest with `mod_revision <= rev`), tombstones
+    /// included.
+    pub fn at(&self, rev: i64) -> Option<&Version> {
+        let i = self.0.partition_point(|v| v.mod_revision <= rev);
+        i.checked_sub(1).map(|i| &self.0[i])
+    }
+
+    /// The live version at `rev` (None when absent or deleted).
+    pub fn live_at(&self, rev: i64) -> Option<&Version> {
+        self.at(rev).filter(|v| !v.is_tombstone())
+    }
+
+    /// The version written exactly at `rev` and the live one before it.
+    pub fn change_at(&self, rev: i64) -> Option<(&Version, Option<&Version>)> {
+        let i = self.0.partition_point(|v| v.mod_revision < rev);
+        let v = self.0.get(i).filter(|v| v.mod_revision == rev)?;
+        let prev = i
+            .checked_sub(1)
+            .map(|j| &self.0[j])
+            .filter(|p| !p.is_tombstone());
+        Some((v, prev))
+    }
+
+    pub fn latest(&self) -> Option<&Version> {
+        self.0.last()
+    }
+
+    pub fn versions(&self) -> &[Version] {
+        &self.0
+    }
+
+    fn push(&mut self, v: Version) {
+        Arc::make_mut(&mut self.0).push(v);
+    }
+}
+
+/// A granted lease as the store remembers it. Deadlines are runtime state (see `lease`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub id: i64,
+    pub ttl: i64,
+}
+
+/// One immutable state of the store.
+#[derive(Debug, Clone)]
+pub struct State {
+    /// The head revision: the last revision written (1 for an empty store, as in etcd).
+    pub revision: i64,
+    /// Reads and watches below this revision fail with [`Error::Compacted`].
+    pub compact_revision: i64,
+    keys: OrdMap<Bytes, History>,
+    /// Keys changed at each retained revision, in change order: drives watch replay.
+    changes: OrdMap<i64, Arc<Vec<Bytes>>>,
+    leases: OrdMap<i64, Lease>,
+    lease_keys: OrdMap<i64, OrdSet<Bytes>>,
+    /// Bytes of keys and values held across all retained versions.
+    bytes: i64,
+    /// Number of retained versions (tombstones included).
+    versions: i64,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl State {
+    /// An empty store at revision 1, like a fresh etcd.
+    pub fn new() -> Self {
+        Self::at_revision(1)
+    }
+
+    /// An empty store whose head is `revision` (used before replaying a bucket whose first
+    /// record is at `revision + 1`).
+    pub fn at_revision(revision: i64) -> Self {
+        Self {
+            revision,
+            compact_revision: 0,
+            keys: OrdMap::new(),
+            changes: OrdMap::new(),
+            leases: OrdMap::new(),
+            lease_keys: OrdMap::new(),
+            bytes: 0,
+            versions: 0,
+        }
+    }
+
+    pub fn history(&self, key: &[u8]) -> Option<&History> {
+        self.keys.get(key)
+    }
+
+    /// Checks that `rev` (0 = head) can be read, and resolves it.
+    pub fn check_revision(&self, rev: i64) -> Result<i64, Error> {
+        if rev <= 0 {
+            return Ok(self.revision);
+        }
+        if rev > self.revision {
+            return Err(Error::FutureRevision);
+        }
+        if rev < self.compact_revision {
+            return Err(Error::Compacted);
+        }
+        Ok(rev)
+    }
+
+    /// Live keys in `range` at `rev`, in key order.
+    pub fn live_in<'a>(
+        &'a self,
+        range: &'a KeyRange,
+        rev: i64,
+    ) -> impl Iterator<Item = (&'a Bytes, &'a Version)> + 'a {
+        range
+            .iter(&self.keys)
+            .filter_map(move |(k, h)| h.live_at(rev).map(|v| (k, v)))
+    }
+
+    pub fn bytes(&self) -> i64 {
+        self.bytes
+    }
+
+    pub fn versions_count(&self) -> i64 {
+        self.versions
+    }
+
+    pub fn keys_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn lease(&self, id: i64) -> Option<&Lease> {
+        self.leases.get(&id)
+    }
+
+    pub fn leases(&self) -> impl Iterator<Item = &Lease> {
+        self.leases.values()
+    }
+
+    /// Keys currently attached to lease `id`.
+    pub fn lease_keys(&self, id: i64) -> impl Iterator<Item = &Bytes> {
+        self.lease_keys.get(&id).into_iter().flat_map(|s| s.iter())
+    }
+
+    /// Revisions with changes in `from..=to`, and the keys changed at each.
+    pub fn changes(&self, from: i64, to: i64) -> impl Iterator<Item = (i64, &Arc<Vec<Bytes>>)> {
+        self.changes.range(from..=to).map(|(r, ks)| (*r, ks))
+    }
+
+    /// Builds the watch event for `key` changed at `rev`, with the previous live version.
+    pub fn event(&self, key: &Bytes, rev: i64) -> Option<(mvccpb::Event, Option<mvccpb::KeyValue>)> {
+        let (v, prev) = self.keys.get(key)?.change_at(rev)?;
+        let prev = prev.map(|p| p.to_kv(key, false));
+        let event = if v.is_tombstone() {
+            mvccpb::Event {
+                r#type: mvccpb::event::EventType::Delete as i32,
+                kv: Some(mvccpb::KeyValue {
+                    key: key.clone(),
+                    mod_revision: rev,
+                    ..Default::default()
+                }),
+                prev_kv: None,
+            }
+        } else {
+            mvccpb::Event {
+                r#type: mvccpb::event::EventType::Put as i32,
+                kv: Some(v.to_kv(key, false)),
+                prev_kv: None,
+            }
+        };
+        Some((event, prev))
+    }
+
+    pub(crate) fn put_lease(&mut self, lease: Lease) {
+        self.leases.insert(lease.id, lease);
+    }
+
+    pub(crate) fn remove_lease(&mut self, id: i64) {
+        self.leases.remove(&id);
+        self.lease_keys.remove(&id);
+    }
+
+    /// Appends a version of `key` at `rev` (which must be the head or head + 1).
+    fn push_version(&mut self, key: Bytes, v: Version) {
+        let prev_lease = self
+            .keys
+            .get(&key)
+            .and_then(|h| h.latest())
+            .filter(|p| !p.is_tombstone())
+            .map_or(0, |p| p.lease);
+        if prev_lease != 0 && prev_lease != v.lease {
+            if let Some(set) = self.lease_keys.get_mut(&prev_lease) {
+                set.remove(&key);
+            }
+        }
+        if v.lease != 0 && !v.is_tombstone() {
+            self.lease_keys
+                .entry(v.lease)
+                .or_default()
+                .insert(key.clone());
+        }
+        self.bytes += (key.len() + v.value.len()) as i64;
+        self.versions += 1;
+        let rev = v.mod_revision;
+        self.keys.entry(key.clone()).or_default().push(v);
+        let changed = self.changes.entry(rev).or_default();
+        Arc::make_mut(changed).push(key);
+        self.revision = self.revision.max(rev);
+    }
+
+    /// Applies one record from the log (replay) or from the writer. Records carry every
+    /// field, so replay trusts them rather than recomputing, but rejects a record that
+    /// would move history backwards.
+    pub fn apply_record(&mut self, r: &Record) -> Result<(), Error> {
+        let inconsistent = |reason: &str| Error::Inconsistent {
+            revision: r.revision,
+            key: String::from_utf8_lossy(&r.key).into_owned(),
+            reason: reason.to_string(),
+        };
+        if r.kind == RecordKind::Compact as i32 {
+            if r.compact_revision > self.compact_revision {
+                self.compact(r.compact_revision);
+            }
+            self.revision = self.revision.max(r.revision);
+            return Ok(());
+        }
+        if r.kind != RecordKind::Kv as i32 {
+            return Err(inconsistent(&format!("unknown record kind {}", r.kind)));
+        }
+        if r.revision < self.revision {
+            return Err(inconsistent(&format!(
+                "revision is below the head revision {}",
+                self.revision
+            )));
+        }
+        if let Some(latest) = self.keys.get(&r.key).and_then(|h| h.latest()) {
+            if latest.mod_revision >= r.revision {
+                return Err(inconsistent("key already has a version at this revision"));
+            }
+        }
+        let v = if r.deleted {
+            Version {
+                mod_revision: r.revision,
+                create_revision: r.create_revision,
+                version: 0,
+                lease: 0,
+                value: Bytes::new(),
+            }
+        } else {
+            Version {
+                mod_revision: r.revision,
+                create_revision: r.create_revision,
+                version: r.version,
+                lease: r.lease,
+                value: r.value.clone(),
+            }
+        };
+        if !r.deleted && v.version <= 0 {
+            return Err(inconsistent("live version must be positive"));
+        }
+        self.push_version(r.key.clone(), v);
+        Ok(())
+    }
+
+    /// Drops history below `rev`: per key, everything older than the newest version at or
+    /// below `rev`, and that one too if it is a tombstone.
+    pub fn compact(&mut self, rev: i64) {
+        let rev = rev.min(self.revision);
+        if rev <= self.compact_revision {
+            return;
+        }
+        // Only keys changed since the previous compaction can hold more than one version or
+        // a tombstone, so only those need work.
+        let mut touched: Vec<Bytes> = self
+            .changes
+            .range(..=rev)
+            .flat_map(|(_, ks)| ks.iter().cloned())
+            .collect();
+        touched.sort();
+        touched.dedup();
+        for key in touched {
+            let Some(h) = self.keys.get(&key) else {
+                continue;
+            };
+            let versions = h.versions();
+            let keep_from = versions.partition_point(|v| v.mod_revision <= rev);
+            // Index of the newest version <= rev, kept if live.
+            let mut start = keep_from.saturating_sub(1);
+            if keep_from == 0 {
+                continue;
+            }
+            if versions[start].is_tombstone() {
+                start += 1;
+            }
+            if start == 0 {
+                continue;
+            }
+            let dropped = &versions[..start];
+            self.bytes -= dropped
+                .iter()
+                .map(|v| (key.len() + v.value.len()) as i64)
+                .sum::<i64>();
+            self.versions -= dropped.len() as i64;
+            let kept: Vec<Version> = versions[start..].to_vec();
+            if kept.is_empty() {
+                self.keys.remove(&key);
+            } else {
+                self.keys.insert(key, History(Arc::new(kept)));
+            }
+        }
+        let (_, at, mut above) = self.changes.split_lookup(&rev);
+        if let Some(at) = at {
+            above.insert(rev, at);
+        }
+        self.changes = above;
+        self.compact_revision = rev;
+    }
+
+    /// Every retained version as a log record, in revision order: the body of a snapshot.
+    /// Within one revision, records keep the order the transaction changed the keys in, so
+    /// watch events replayed after a restart come out as they did before.
+    pub fn to_records(&self) -> Vec<Record> {
+        let record = |key: &Bytes, v: &Version, prev: Option<&Version>| Record {
+            revision: v.mod_revision,
+            key: key.clone(),
+            created: prev.is_none() && !v.is_tombstone(),
+            deleted: v.is_tombstone(),
+            create_revision: v.create_revision,
+            prev_revision: prev.map_or(0, |p| p.mod_revision),
+            version: v.version,
+            lease: v.lease,
+            value: v.value.clone(),
+            ..Default::default()
+        };
+        // Versions older than the retained change log: at most one live version per key.
+        let mut out: Vec<Record> = self
+            .keys
+            .iter()
+            .flat_map(|(key, h)| {
+                h.versions()
+                    .iter()
+                    .filter(|v| !self.changes.contains_key(&v.mod_revision))
+                    .map(move |v| record(key, v, None))
+            })
+            .collect();
+        out.sort_by_key(|r| r.revision);
+        for (rev, keys) in self.changes.iter() {
+            for key in keys.iter() {
+                if let Some((v, prev)) = self.keys.get(key).and_then(|h| h.change_at(*rev)) {
+                    out.push(record(key, v, prev));
+                }
+            }
+        }
+        out
+    }
+}

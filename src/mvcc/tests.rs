@@ -1,0 +1,334 @@
+use super::*;
+use crate::proto::etcdserverpb::{
+    compare::{CompareResult, CompareTarget, TargetUnion},
+    range_request::{SortOrder, SortTarget},
+    request_op, response_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
+    TxnRequest,
+};
+
+fn b(s: &str) -> Bytes {
+    Bytes::from(s.as_bytes().to_vec())
+}
+
+fn put(st: &mut State, k: &str, v: &str) -> i64 {
+    st.put(&PutRequest {
+        key: b(k),
+        value: b(v),
+        ..Default::default()
+    })
+    .unwrap()
+    .response
+    .header
+    .unwrap()
+    .revision
+}
+
+fn get(st: &State, k: &str, rev: i64) -> Option<mvccpb::KeyValue> {
+    st.range(
+        &RangeRequest {
+            key: b(k),
+            revision: rev,
+            ..Default::default()
+        },
+        None,
+    )
+    .unwrap()
+    .kvs
+    .pop()
+}
+
+#[test]
+fn revisions_versions_and_tombstones_follow_etcd() {
+    let mut st = State::new();
+    assert_eq!(st.revision, 1);
+    assert_eq!(put(&mut st, "a", "1"), 2);
+    assert_eq!(put(&mut st, "a", "2"), 3);
+    let kv = get(&st, "a", 0).unwrap();
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
+    let del = st
+        .delete_range(&DeleteRangeRequest {
+            key: b("a"),
+            prev_kv: true,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(del.response.deleted, 1);
+    assert_eq!(del.response.prev_kvs[0].value, "2");
+    assert_eq!(del.records[0].deleted, true);
+    assert_eq!(st.revision, 4);
+    assert!(get(&st, "a", 0).is_none());
+    // Deleting nothing does not bump the revision.
+    let none = st
+        .delete_range(&DeleteRangeRequest {
+            key: b("a"),
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(none.records.is_empty());
+    assert_eq!(none.response.header.unwrap().revision, 4);
+    // Re-created keys start over at version 1.
+    put(&mut st, "a", "3");
+    let kv = get(&st, "a", 0).unwrap();
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (5, 5, 1));
+    // History stays readable.
+    assert_eq!(get(&st, "a", 2).unwrap().value, "1");
+    assert!(get(&st, "a", 4).is_none());
+    assert_eq!(
+        st.range(
+            &RangeRequest {
+                key: b("a"),
+                revision: 9,
+                ..Default::default()
+            },
+            None
+        )
+        .unwrap_err(),
+        Error::FutureRevision
+    );
+}
+
+#[test]
+fn range_counts_ignore_limit_and_sorts() {
+    let mut st = State::new();
+    for (k, v) in [("k3", "c"), ("k1", "z"), ("k2", "a"), ("l", "x")] {
+        put(&mut st, k, v);
+    }
+    put(&mut st, "k1", "zz");
+    let r = st
+        .range(
+            &RangeRequest {
+                key: b("k"),
+                range_end: b("l"),
+                limit: 2,
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
+    assert_eq!(r.count, 3);
+    assert!(r.more);
+    assert_eq!(r.kvs.iter().map(|k| k.key.clone()).collect::<Vec<_>>(), [b("k1"), b("k2")]);
+    let r = st
+        .range(
+            &RangeRequest {
+                key: b("k"),
+                range_end: b("l"),
+                sort_order: SortOrder::Descend as i32,
+                sort_target: SortTarget::Value as i32,
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
+    assert_eq!(r.kvs.iter().map(|k| k.value.clone()).collect::<Vec<_>>(), [b("zz"), b("c"), b("a")]);
+    // From-key and all-keys.
+    let all = st
+        .range(
+            &RangeRequest {
+                key: b("\0"),
+                range_end: b("\0"),
+                count_only: true,
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
+    assert_eq!((all.count, all.kvs.len()), (4, 0));
+    let r = st
+        .range(
+            &RangeRequest {
+                key: b("k"),
+                range_end: b("l"),
+                min_mod_revision: 4,
+                keys_only: true,
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
+    assert_eq!(r.count, 3);
+    assert_eq!(r.kvs.len(), 2);
+    assert!(r.kvs.iter().all(|kv| kv.value.is_empty()));
+}
+
+fn cmp_mod(key: &str, rev: i64) -> Compare {
+    Compare {
+        result: CompareResult::Equal as i32,
+        target: CompareTarget::Mod as i32,
+        key: b(key),
+        target_union: Some(TargetUnion::ModRevision(rev)),
+        range_end: Bytes::new(),
+    }
+}
+
+fn op_put(k: &str, v: &str) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key: b(k),
+            value: b(v),
+            ..Default::default()
+        })),
+    }
+}
+
+fn op_get(k: &str) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestRange(RangeRequest {
+            key: b(k),
+            ..Default::default()
+        })),
+    }
+}
+
+#[test]
+fn kubernetes_create_and_update_txns() {
+    let mut st = State::new();
+    // Create: mod_revision == 0 succeeds once.
+    let create = TxnRequest {
+        compare: vec![cmp_mod("/registry/pods/a", 0)],
+        success: vec![op_put("/registry/pods/a", "v1")],
+        failure: vec![op_get("/registry/pods/a")],
+    };
+    let first = st.txn(&create).unwrap();
+    assert!(first.response.succeeded);
+    let Some(response_op::Response::ResponsePut(p)) = &first.response.responses[0].response else {
+        panic!()
+    };
+    assert_eq!(p.header.as_ref().unwrap().revision, 2);
+    let second = st.txn(&create).unwrap();
+    assert!(!second.response.succeeded);
+    assert!(second.records.is_empty());
+    let Some(response_op::Response::ResponseRange(r)) = &second.response.responses[0].response
+    else {
+        panic!()
+    };
+    assert_eq!(r.kvs[0].value, "v1");
+    // Guaranteed update pinned to the read mod_revision.
+    let update = |rev| TxnRequest {
+        compare: vec![cmp_mod("/registry/pods/a", rev)],
+        success: vec![op_put("/registry/pods/a", "v2")],
+        failure: vec![op_get("/registry/pods/a")],
+    };
+    assert!(!st.txn(&update(7)).unwrap().response.succeeded);
+    let ok = st.txn(&update(2)).unwrap();
+    assert!(ok.response.succeeded);
+    assert_eq!(ok.response.header.unwrap().revision, 3);
+}
+
+#[test]
+fn txn_reads_its_own_writes_and_fails_atomically() {
+    let mut st = State::new();
+    let t = TxnRequest {
+        compare: vec![],
+        success: vec![op_put("x", "1"), op_get("x")],
+        failure: vec![],
+    };
+    let r = st.txn(&t).unwrap();
+    let Some(response_op::Response::ResponseRange(g)) = &r.response.responses[1].response else {
+        panic!()
+    };
+    assert_eq!(g.kvs[0].value, "1");
+    assert_eq!(g.header.as_ref().unwrap().revision, 2);
+    // A put with an unknown lease fails the whole transaction.
+    let bad = TxnRequest {
+        compare: vec![],
+        success: vec![
+            op_put("y", "1"),
+            RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: b("z"),
+                    lease: 42,
+                    ..Default::default()
+                })),
+            },
+        ],
+        failure: vec![],
+    };
+    assert_eq!(st.txn(&bad).unwrap_err(), Error::LeaseNotFound);
+    assert!(get(&st, "y", 0).is_none());
+    assert_eq!(st.revision, 2);
+    // Compares on a missing key: value always false, version equals 0.
+    let c = |target, union| Compare {
+        result: CompareResult::Equal as i32,
+        target: target as i32,
+        key: b("missing"),
+        target_union: Some(union),
+        range_end: Bytes::new(),
+    };
+    let t = |c| TxnRequest {
+        compare: vec![c],
+        success: vec![],
+        failure: vec![],
+    };
+    assert!(!st.txn(&t(c(CompareTarget::Value, TargetUnion::Value(Bytes::new())))).unwrap().response.succeeded);
+    assert!(st.txn(&t(c(CompareTarget::Version, TargetUnion::Version(0)))).unwrap().response.succeeded);
+}
+
+#[test]
+fn compaction_keeps_the_newest_live_version_and_drops_the_rest() {
+    let mut st = State::new();
+    put(&mut st, "a", "1"); // 2
+    put(&mut st, "a", "2"); // 3
+    put(&mut st, "b", "1"); // 4
+    st.delete_range(&DeleteRangeRequest {
+        key: b("b"),
+        ..Default::default()
+    })
+    .unwrap(); // 5
+    put(&mut st, "a", "3"); // 6
+    st.compact(5);
+    assert_eq!(st.compact_revision, 5);
+    assert_eq!(st.check_revision(4), Err(Error::Compacted));
+    assert_eq!(get(&st, "a", 5).unwrap().value, "2");
+    assert_eq!(get(&st, "a", 0).unwrap().value, "3");
+    assert!(st.history(b"b").is_none(), "a deleted key's history is gone");
+    assert_eq!(st.history(b"a").unwrap().versions().len(), 2);
+    assert_eq!(st.versions_count(), 2);
+    assert_eq!(st.bytes(), 4);
+}
+
+#[test]
+fn records_replay_into_the_same_state() {
+    let mut st = State::new();
+    let mut log = Vec::new();
+    for i in 0..20 {
+        let k = format!("k{}", i % 5);
+        log.extend(
+            st.put(&PutRequest {
+                key: b(&k),
+                value: b(&format!("v{i}")),
+                ..Default::default()
+            })
+            .unwrap()
+            .records,
+        );
+        if i % 7 == 0 {
+            log.extend(
+                st.delete_range(&DeleteRangeRequest {
+                    key: b("k1"),
+                    ..Default::default()
+                })
+                .unwrap()
+                .records,
+            );
+        }
+    }
+    let mut replayed = State::new();
+    for r in &log {
+        replayed.apply_record(r).unwrap();
+    }
+    assert_eq!(replayed.revision, st.revision);
+    assert_eq!(replayed.keys, st.keys);
+    // The snapshot form replays to the same state too, compacted or not.
+    st.compact(12);
+    let mut from_snapshot = State::at_revision(1);
+    for r in st.to_records() {
+        from_snapshot.apply_record(&r).unwrap();
+    }
+    from_snapshot.compact(12);
+    assert_eq!(from_snapshot.keys, st.keys);
+    // A record that moves history backwards is refused.
+    let mut stale = log[3].clone();
+    stale.revision = 1;
+    assert!(matches!(replayed.apply_record(&stale), Err(Error::Inconsistent { .. })));
+}
