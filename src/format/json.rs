@@ -62,6 +62,7 @@ pub fn record(r: &Record) -> Value {
         m.insert("kind".into(), Value::String(name));
     }
     put_i64(&mut m, "compactRevision", r.compact_revision);
+    put_i64(&mut m, "ttl", r.ttl);
     put_u64(&mut m, "crc", r.crc);
     Value::Object(m)
 }
@@ -87,6 +88,7 @@ pub fn header(h: &FileHeader) -> Value {
     }
     put_ts(&mut m, "createdAt", &h.created_at);
     put_i64(&mut m, "compactRevision", h.compact_revision);
+    put_i64(&mut m, "revision", h.revision);
     Value::Object(m)
 }
 

@@ -125,6 +125,8 @@ pub struct FileMeta {
     pub created_at: Option<prost_types::Timestamp>,
     /// Snapshots only: the store's compacted revision.
     pub compact_revision: i64,
+    /// Snapshots only: the store's head revision.
+    pub revision: i64,
 }
 
 /// Encodes a file. Sets every record's `crc` and the footer's CRCs and revision range.
@@ -154,6 +156,7 @@ pub fn encode(kind: FileKind, meta: &FileMeta, records: &mut [Record]) -> Result
         leader_id: meta.leader_id.clone(),
         created_at: meta.created_at,
         compact_revision: meta.compact_revision,
+        revision: meta.revision,
     };
     header.crc = crc64(&header.encode_to_vec());
 
