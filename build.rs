@@ -5,7 +5,11 @@ use prost::Message;
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/netsy.proto", "proto/etcd/kv.proto", "proto/etcd/rpc.proto"];
+    let protos = [
+        "proto/netsy.proto",
+        "proto/etcd/kv.proto",
+        "proto/etcd/rpc.proto",
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

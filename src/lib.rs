@@ -1,4 +1,5 @@
 pub mod format;
+pub mod log;
 pub mod mvcc;
-pub mod store;
 pub mod proto;
+pub mod store;

@@ -19,7 +19,11 @@ async fn s3_lists_past_one_page() {
         let store = &store;
         async move {
             store
-                .put(&format!("p/{i:05}"), Bytes::from_static(b"x"), PutMode::Create)
+                .put(
+                    &format!("p/{i:05}"),
+                    Bytes::from_static(b"x"),
+                    PutMode::Create,
+                )
                 .await
                 .unwrap()
         }

@@ -145,8 +145,14 @@ mod tests {
     fn formats_timestamps_like_protojson() {
         let ts = |seconds, nanos| prost_types::Timestamp { seconds, nanos };
         assert_eq!(rfc3339(&ts(0, 0)), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(&ts(1_751_371_200, 1_000_000)), "2025-07-01T12:00:00.001Z");
-        assert_eq!(rfc3339(&ts(951_782_400, 1_000)), "2000-02-29T00:00:00.000001Z");
+        assert_eq!(
+            rfc3339(&ts(1_751_371_200, 1_000_000)),
+            "2025-07-01T12:00:00.001Z"
+        );
+        assert_eq!(
+            rfc3339(&ts(951_782_400, 1_000)),
+            "2000-02-29T00:00:00.000001Z"
+        );
         assert_eq!(rfc3339(&ts(-1, 5)), "1969-12-31T23:59:59.000000005Z");
     }
 }

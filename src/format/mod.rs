@@ -175,7 +175,9 @@ pub fn encode(kind: FileKind, meta: &FileMeta, records: &mut [Record]) -> Result
         }
         records_crc.update(&scratch);
         record.crc = crc64(&scratch);
-        record.encode_length_delimited(&mut body).expect("vec grows");
+        record
+            .encode_length_delimited(&mut body)
+            .expect("vec grows");
     }
     let mut footer = FileFooter {
         records_crc: records_crc.finish(),
@@ -184,7 +186,9 @@ pub fn encode(kind: FileKind, meta: &FileMeta, records: &mut [Record]) -> Result
         crc: 0,
     };
     footer.crc = crc64(&footer.encode_to_vec());
-    footer.encode_length_delimited(&mut body).expect("vec grows");
+    footer
+        .encode_length_delimited(&mut body)
+        .expect("vec grows");
 
     let mut out = Vec::with_capacity(body.len() / if compress { 3 } else { 1 } + 128);
     header.encode_length_delimited(&mut out).expect("vec grows");

@@ -46,7 +46,10 @@ fn go_bucket_snapshot_decodes() {
     assert_eq!(data.header.kind, FileKind::Snapshot as i32);
     assert_eq!(data.header.compression, FileCompression::Zstd as i32);
     assert_eq!(data.records.len(), 150);
-    assert_eq!((data.footer.first_revision, data.footer.last_revision), (1, 150));
+    assert_eq!(
+        (data.footer.first_revision, data.footer.last_revision),
+        (1, 150)
+    );
 }
 
 #[test]
@@ -66,7 +69,11 @@ fn every_single_byte_change_is_detected_and_named() {
 
 #[test]
 fn every_truncation_is_detected() {
-    for file in ["chunk-plain.netsy", "chunk-zstd.netsy", "chunk-binary-zstd.netsy"] {
+    for file in [
+        "chunk-plain.netsy",
+        "chunk-zstd.netsy",
+        "chunk-binary-zstd.netsy",
+    ] {
         let original = go_file(file);
         for len in 0..original.len() {
             assert!(

@@ -236,7 +236,11 @@ impl State {
     }
 
     /// Builds the watch event for `key` changed at `rev`, with the previous live version.
-    pub fn event(&self, key: &Bytes, rev: i64) -> Option<(mvccpb::Event, Option<mvccpb::KeyValue>)> {
+    pub fn event(
+        &self,
+        key: &Bytes,
+        rev: i64,
+    ) -> Option<(mvccpb::Event, Option<mvccpb::KeyValue>)> {
         let (v, prev) = self.keys.get(key)?.change_at(rev)?;
         let prev = prev.map(|p| p.to_kv(key, false));
         let event = if v.is_tombstone() {
@@ -259,11 +263,11 @@ impl State {
         Some((event, prev))
     }
 
-    pub(crate) fn put_lease(&mut self, lease: Lease) {
+    pub fn put_lease(&mut self, lease: Lease) {
         self.leases.insert(lease.id, lease);
     }
 
-    pub(crate) fn remove_lease(&mut self, id: i64) {
+    pub fn remove_lease(&mut self, id: i64) {
         self.leases.remove(&id);
         self.lease_keys.remove(&id);
     }
@@ -309,7 +313,17 @@ impl State {
             if r.compact_revision > self.compact_revision {
                 self.compact(r.compact_revision);
             }
-            self.revision = self.revision.max(r.revision);
+            return Ok(());
+        }
+        if r.kind == RecordKind::LeaseGrant as i32 {
+            self.put_lease(Lease {
+                id: r.lease,
+                ttl: r.ttl,
+            });
+            return Ok(());
+        }
+        if r.kind == RecordKind::LeaseRevoke as i32 {
+            self.remove_lease(r.lease);
             return Ok(());
         }
         if r.kind != RecordKind::Kv as i32 {
@@ -404,6 +418,11 @@ impl State {
         self.compact_revision = rev;
     }
 
+    /// Whether a record is a control record (uses no revision of its own).
+    pub fn is_control(r: &Record) -> bool {
+        r.kind != RecordKind::Kv as i32
+    }
+
     /// Every retained version as a log record, in revision order: the body of a snapshot.
     /// Within one revision, records keep the order the transaction changed the keys in, so
     /// watch events replayed after a restart come out as they did before.
@@ -438,6 +457,15 @@ impl State {
                     out.push(record(key, v, prev));
                 }
             }
+        }
+        for lease in self.leases.values() {
+            out.push(Record {
+                revision: self.revision,
+                kind: RecordKind::LeaseGrant as i32,
+                lease: lease.id,
+                ttl: lease.ttl,
+                ..Default::default()
+            });
         }
         out
     }

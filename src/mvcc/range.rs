@@ -99,7 +99,11 @@ impl State {
                 || (sort_order == range_request::SortOrder::Ascend
                     && sort_target == range_request::SortTarget::Key));
         if simple {
-            let limit = if r.limit > 0 { r.limit as usize } else { usize::MAX };
+            let limit = if r.limit > 0 {
+                r.limit as usize
+            } else {
+                usize::MAX
+            };
             let mut kvs = Vec::new();
             let mut count = 0i64;
             for (k, v) in self.live_in(&range, rev) {

@@ -54,7 +54,7 @@ fn revisions_versions_and_tombstones_follow_etcd() {
         .unwrap();
     assert_eq!(del.response.deleted, 1);
     assert_eq!(del.response.prev_kvs[0].value, "2");
-    assert_eq!(del.records[0].deleted, true);
+    assert!(del.records[0].deleted);
     assert_eq!(st.revision, 4);
     assert!(get(&st, "a", 0).is_none());
     // Deleting nothing does not bump the revision.
@@ -107,7 +107,10 @@ fn range_counts_ignore_limit_and_sorts() {
         .unwrap();
     assert_eq!(r.count, 3);
     assert!(r.more);
-    assert_eq!(r.kvs.iter().map(|k| k.key.clone()).collect::<Vec<_>>(), [b("k1"), b("k2")]);
+    assert_eq!(
+        r.kvs.iter().map(|k| k.key.clone()).collect::<Vec<_>>(),
+        [b("k1"), b("k2")]
+    );
     let r = st
         .range(
             &RangeRequest {
@@ -120,7 +123,10 @@ fn range_counts_ignore_limit_and_sorts() {
             None,
         )
         .unwrap();
-    assert_eq!(r.kvs.iter().map(|k| k.value.clone()).collect::<Vec<_>>(), [b("zz"), b("c"), b("a")]);
+    assert_eq!(
+        r.kvs.iter().map(|k| k.value.clone()).collect::<Vec<_>>(),
+        [b("zz"), b("c"), b("a")]
+    );
     // From-key and all-keys.
     let all = st
         .range(
@@ -260,8 +266,21 @@ fn txn_reads_its_own_writes_and_fails_atomically() {
         success: vec![],
         failure: vec![],
     };
-    assert!(!st.txn(&t(c(CompareTarget::Value, TargetUnion::Value(Bytes::new())))).unwrap().response.succeeded);
-    assert!(st.txn(&t(c(CompareTarget::Version, TargetUnion::Version(0)))).unwrap().response.succeeded);
+    assert!(
+        !st.txn(&t(c(
+            CompareTarget::Value,
+            TargetUnion::Value(Bytes::new())
+        )))
+        .unwrap()
+        .response
+        .succeeded
+    );
+    assert!(
+        st.txn(&t(c(CompareTarget::Version, TargetUnion::Version(0))))
+            .unwrap()
+            .response
+            .succeeded
+    );
 }
 
 #[test]
@@ -281,7 +300,10 @@ fn compaction_keeps_the_newest_live_version_and_drops_the_rest() {
     assert_eq!(st.check_revision(4), Err(Error::Compacted));
     assert_eq!(get(&st, "a", 5).unwrap().value, "2");
     assert_eq!(get(&st, "a", 0).unwrap().value, "3");
-    assert!(st.history(b"b").is_none(), "a deleted key's history is gone");
+    assert!(
+        st.history(b"b").is_none(),
+        "a deleted key's history is gone"
+    );
     assert_eq!(st.history(b"a").unwrap().versions().len(), 2);
     assert_eq!(st.versions_count(), 2);
     assert_eq!(st.bytes(), 4);
@@ -330,5 +352,8 @@ fn records_replay_into_the_same_state() {
     // A record that moves history backwards is refused.
     let mut stale = log[3].clone();
     stale.revision = 1;
-    assert!(matches!(replayed.apply_record(&stale), Err(Error::Inconsistent { .. })));
+    assert!(matches!(
+        replayed.apply_record(&stale),
+        Err(Error::Inconsistent { .. })
+    ));
 }

@@ -10,9 +10,8 @@
 use super::range::live_keys;
 use super::{Error, KeyRange, State, Version};
 use crate::proto::etcdserverpb::{
-    compare, request_op, response_op, Compare, DeleteRangeRequest, DeleteRangeResponse,
-    PutRequest, PutResponse, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest,
-    TxnResponse,
+    compare, request_op, response_op, Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use crate::proto::netsy::Record;
 use bytes::Bytes;
@@ -143,7 +142,10 @@ impl<'a> TxnEval<'a> {
         })
     }
 
-    fn range(&mut self, r: &crate::proto::etcdserverpb::RangeRequest) -> Result<RangeResponse, Error> {
+    fn range(
+        &mut self,
+        r: &crate::proto::etcdserverpb::RangeRequest,
+    ) -> Result<RangeResponse, Error> {
         let at = self.read_rev();
         self.state.range(r, Some(at))
     }
@@ -161,7 +163,11 @@ impl<'a> TxnEval<'a> {
         }
     }
 
-    fn txn(&mut self, t: &TxnRequest, path: &mut std::slice::Iter<'_, bool>) -> Result<TxnResponse, Error> {
+    fn txn(
+        &mut self,
+        t: &TxnRequest,
+        path: &mut std::slice::Iter<'_, bool>,
+    ) -> Result<TxnResponse, Error> {
         let succeeded = *path.next().expect("path covers every txn");
         let ops: &[RequestOp] = if succeeded { &t.success } else { &t.failure };
         let mut responses = Vec::with_capacity(ops.len());
@@ -202,13 +208,16 @@ fn compare(state: &State, rev: i64, c: &Compare) -> bool {
         if c.target() == compare::CompareTarget::Value {
             return false;
         }
-        return compare_one(c, &Version {
-            mod_revision: 0,
-            create_revision: 0,
-            version: 0,
-            lease: 0,
-            value: Bytes::new(),
-        });
+        return compare_one(
+            c,
+            &Version {
+                mod_revision: 0,
+                create_revision: 0,
+                version: 0,
+                lease: 0,
+                value: Bytes::new(),
+            },
+        );
     }
     kvs.into_iter().all(|v| compare_one(c, v))
 }
@@ -300,9 +309,12 @@ impl State {
 
 /// Whether a transaction can change anything (a read-only one never reaches the writer).
 pub fn txn_is_read_only(t: &TxnRequest) -> bool {
-    t.success.iter().chain(&t.failure).all(|op| match &op.request {
-        Some(request_op::Request::RequestRange(_)) | None => true,
-        Some(request_op::Request::RequestTxn(inner)) => txn_is_read_only(inner),
-        _ => false,
-    })
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .all(|op| match &op.request {
+            Some(request_op::Request::RequestRange(_)) | None => true,
+            Some(request_op::Request::RequestTxn(inner)) => txn_is_read_only(inner),
+            _ => false,
+        })
 }

@@ -64,7 +64,11 @@ pub async fn update_if_match(store: &dyn ObjectStore) {
         .await
         .unwrap();
     let v2 = store
-        .put("c3/obj", Bytes::from_static(b"v2"), PutMode::Update(v1.clone()))
+        .put(
+            "c3/obj",
+            Bytes::from_static(b"v2"),
+            PutMode::Update(v1.clone()),
+        )
         .await
         .unwrap();
     assert_ne!(v1, v2);
@@ -112,7 +116,10 @@ pub async fn list_prefix_and_start_after(store: &dyn ObjectStore) {
     assert_eq!(chunks.len(), 3);
     assert_eq!(chunks[0].size, keys[1].len() as u64);
     let after: Vec<_> = store
-        .list("c4/chunks/", Some("c4/chunks/0001/0000000000000000001.netsy"))
+        .list(
+            "c4/chunks/",
+            Some("c4/chunks/0001/0000000000000000001.netsy"),
+        )
         .await
         .unwrap()
         .into_iter()
@@ -132,7 +139,11 @@ pub async fn list_prefix_and_start_after(store: &dyn ObjectStore) {
 
 pub async fn get_range(store: &dyn ObjectStore) {
     store
-        .put("c5/obj", Bytes::from_static(b"0123456789"), PutMode::Overwrite)
+        .put(
+            "c5/obj",
+            Bytes::from_static(b"0123456789"),
+            PutMode::Overwrite,
+        )
         .await
         .unwrap();
     assert_eq!(store.get_range("c5/obj", 2, 5).await.unwrap(), "234");

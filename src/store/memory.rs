@@ -62,7 +62,13 @@ impl MemoryStore {
 
     /// How many calls of `op` were made.
     pub fn calls(&self, op: Op) -> u64 {
-        self.inner.lock().unwrap().calls.get(&op).copied().unwrap_or(0)
+        self.inner
+            .lock()
+            .unwrap()
+            .calls
+            .get(&op)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Keys currently stored.

@@ -1,0 +1,305 @@
+//! The single-writer lease: one object, `leader.json`, changed only with conditional writes.
+//!
+//! The holder renews it every `duration / 3` with `If-Match` on the etag it last wrote, and
+//! considers itself leader only until `sent + duration - margin` by its own monotonic clock,
+//! where `sent` is when the last successful renewal was *sent*. A contender never trusts
+//! the holder's wall clock: it watches the object and takes over (with `If-Match`) only after
+//! seeing the same etag for `duration + margin` on its own monotonic clock, or at once when
+//! the holder released it on shutdown. Clock rates are assumed to agree within the margin.
+//!
+//! The lease is not the fence for the log (the conditional chunk PUT is); it keeps a paused
+//! ex-leader from acknowledging writes after a successor could have started, and it bounds
+//! how long a deleted chunk key could be re-created by a stale writer (see ARCHITECTURE.md).
+
+use super::layout::LEADER;
+use crate::store::{DynStore, PutMode, StoreError};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct Doc {
+    holder: String,
+    term: u64,
+    duration_ms: u64,
+    /// Bumped on every renewal so each write is unique (an idempotent retry is recognised).
+    renewals: u64,
+    /// Wall-clock time of the write, for humans reading the object.
+    written_at_ms: i64,
+    released: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaderError {
+    #[error("leader lease lost to another writer")]
+    Lost,
+    #[error("leader lease object {LEADER} is unreadable: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("shutting down")]
+    Shutdown,
+}
+
+/// Timing of the lease.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaderTiming {
+    pub duration: Duration,
+    pub margin: Duration,
+}
+
+impl Default for LeaderTiming {
+    fn default() -> Self {
+        Self {
+            duration: Duration::from_secs(15),
+            margin: Duration::from_secs(3),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Held {
+    doc: Doc,
+    etag: String,
+    valid_until: Instant,
+}
+
+/// A held leader lease. Cheap to clone; all clones see renewals.
+#[derive(Debug, Clone)]
+pub struct Leader {
+    store: DynStore,
+    timing: LeaderTiming,
+    held: Arc<Mutex<Held>>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn encode(doc: &Doc) -> Bytes {
+    Bytes::from(serde_json::to_vec_pretty(doc).expect("serialisable"))
+}
+
+impl Leader {
+    /// Waits until this process holds the lease.
+    pub async fn acquire(
+        store: DynStore,
+        holder: &str,
+        timing: LeaderTiming,
+        shutdown: &CancellationToken,
+    ) -> Result<Self, LeaderError> {
+        let mut observed: Option<(String, Instant)> = None;
+        let mut announced = false;
+        loop {
+            if shutdown.is_cancelled() {
+                return Err(LeaderError::Shutdown);
+            }
+            let current = match store.get(LEADER).await {
+                Ok(obj) => Some(obj),
+                Err(StoreError::NotFound { .. }) => None,
+                Err(e) => return Err(e.into()),
+            };
+            let (term, mode) = match &current {
+                None => (1, PutMode::Create),
+                Some(obj) => {
+                    let doc: Doc = serde_json::from_slice(&obj.data)
+                        .map_err(|e| LeaderError::Corrupt(e.to_string()))?;
+                    let expired = match &observed {
+                        Some((etag, since)) if *etag == obj.etag => {
+                            since.elapsed() > Duration::from_millis(doc.duration_ms) + timing.margin
+                        }
+                        _ => {
+                            observed = Some((obj.etag.clone(), Instant::now()));
+                            false
+                        }
+                    };
+                    if doc.released || doc.holder == holder || expired {
+                        (doc.term + 1, PutMode::Update(obj.etag.clone()))
+                    } else {
+                        if !announced {
+                            tracing::info!(
+                                holder = %doc.holder,
+                                term = doc.term,
+                                "another writer holds the leader lease; waiting for it to stop or expire"
+                            );
+                            announced = true;
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(timing.duration / 4) => {}
+                            _ = shutdown.cancelled() => return Err(LeaderError::Shutdown),
+                        }
+                        continue;
+                    }
+                }
+            };
+            let doc = Doc {
+                holder: holder.to_string(),
+                term,
+                duration_ms: timing.duration.as_millis() as u64,
+                renewals: 0,
+                written_at_ms: now_ms(),
+                released: false,
+            };
+            let sent = Instant::now();
+            match store.put(LEADER, encode(&doc), mode).await {
+                Ok(etag) => {
+                    tracing::info!(holder, term, "acquired leader lease");
+                    return Ok(Self {
+                        store,
+                        timing,
+                        held: Arc::new(Mutex::new(Held {
+                            doc,
+                            etag,
+                            valid_until: sent + timing.duration - timing.margin,
+                        })),
+                    });
+                }
+                Err(e) if e.is_conflict() => {
+                    observed = None;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    pub fn term(&self) -> u64 {
+        self.held.lock().unwrap().doc.term
+    }
+
+    /// Whether this process may still acknowledge writes.
+    pub fn is_valid(&self) -> bool {
+        Instant::now() < self.held.lock().unwrap().valid_until
+    }
+
+    /// Renews once. A conflict means another writer took the lease.
+    pub async fn renew(&self) -> Result<(), LeaderError> {
+        let (doc, etag) = {
+            let held = self.held.lock().unwrap();
+            let mut doc = held.doc.clone();
+            doc.renewals += 1;
+            doc.written_at_ms = now_ms();
+            (doc, held.etag.clone())
+        };
+        let sent = Instant::now();
+        match self
+            .store
+            .put(LEADER, encode(&doc), PutMode::Update(etag))
+            .await
+        {
+            Ok(etag) => {
+                let mut held = self.held.lock().unwrap();
+                held.doc = doc;
+                held.etag = etag;
+                held.valid_until = sent + self.timing.duration - self.timing.margin;
+                Ok(())
+            }
+            Err(e) if e.is_conflict() => Err(LeaderError::Lost),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Renews until cancelled or lost. Transient failures are retried while the lease is
+    /// still valid; returns why it stopped.
+    pub async fn keep_renewed(&self, stop: CancellationToken) -> LeaderError {
+        let period = self.timing.duration / 3;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = stop.cancelled() => return LeaderError::Shutdown,
+            }
+            loop {
+                match self.renew().await {
+                    Ok(()) => break,
+                    Err(LeaderError::Lost) => return LeaderError::Lost,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "leader lease renewal failed; retrying");
+                        if !self.is_valid() {
+                            return e;
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Marks the lease released so a successor takes over at once.
+    pub async fn release(&self) -> Result<(), LeaderError> {
+        let (mut doc, etag) = {
+            let held = self.held.lock().unwrap();
+            (held.doc.clone(), held.etag.clone())
+        };
+        doc.released = true;
+        doc.written_at_ms = now_ms();
+        match self
+            .store
+            .put(LEADER, encode(&doc), PutMode::Update(etag))
+            .await
+        {
+            Ok(_) => {
+                self.held.lock().unwrap().valid_until = Instant::now();
+                tracing::info!(term = doc.term, "released leader lease");
+                Ok(())
+            }
+            Err(e) if e.is_conflict() => Err(LeaderError::Lost),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    fn fast() -> LeaderTiming {
+        LeaderTiming {
+            duration: Duration::from_millis(300),
+            margin: Duration::from_millis(50),
+        }
+    }
+
+    #[tokio::test]
+    async fn second_writer_waits_then_takes_over_after_release() {
+        let store: DynStore = Arc::new(MemoryStore::new());
+        let stop = CancellationToken::new();
+        let a = Leader::acquire(store.clone(), "a", fast(), &stop)
+            .await
+            .unwrap();
+        assert!(a.is_valid());
+        let store2 = store.clone();
+        let stop2 = stop.clone();
+        let b = tokio::spawn(async move { Leader::acquire(store2, "b", fast(), &stop2).await });
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        a.renew().await.unwrap();
+        assert!(!b.is_finished(), "b must wait while a renews");
+        a.release().await.unwrap();
+        assert!(!a.is_valid());
+        let b = b.await.unwrap().unwrap();
+        assert_eq!(b.term(), 2);
+        // The old holder's renewal now conflicts.
+        assert!(matches!(a.renew().await, Err(LeaderError::Lost)));
+    }
+
+    #[tokio::test]
+    async fn takes_over_an_abandoned_lease_after_it_expires() {
+        let store: DynStore = Arc::new(MemoryStore::new());
+        let stop = CancellationToken::new();
+        let a = Leader::acquire(store.clone(), "a", fast(), &stop)
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let b = Leader::acquire(store.clone(), "b", fast(), &stop)
+            .await
+            .unwrap();
+        assert!(started.elapsed() >= fast().duration, "took over too early");
+        assert_eq!(b.term(), 2);
+        assert!(!a.is_valid());
+        assert!(matches!(a.renew().await, Err(LeaderError::Lost)));
+    }
+}

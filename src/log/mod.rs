@@ -1,0 +1,180 @@
+//! The log: the only path by which the state changes.
+//!
+//! One writer task owns the head. Requests queue on a channel; the writer takes everything
+//! queued (bounded by records and bytes), evaluates each in order against a working copy of
+//! the state with consecutive revisions, writes ONE chunk with a conditional PUT
+//! (`If-None-Match: *`) at the key of the next log position, and only when that PUT succeeds
+//! publishes the new state and answers every request in the batch. A failed PUT fails the
+//! whole batch and nothing of it becomes visible. A conflict means another writer extended
+//! the log: this writer stops, and the supervisor reloads from the bucket.
+//!
+//! Readers never go through here: they load the published `Arc<State>`.
+
+pub mod layout;
+pub mod leader;
+pub mod recovery;
+mod writer;
+
+pub use writer::{run_writer, WriterConfig, WriterExit};
+
+use crate::mvcc::{self, State};
+use crate::proto::etcdserverpb::{
+    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
+};
+use crate::store::StoreError;
+use arc_swap::ArcSwap;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// A change to the store.
+#[derive(Debug, Clone)]
+pub enum Request {
+    Put(PutRequest),
+    DeleteRange(DeleteRangeRequest),
+    Txn(TxnRequest),
+    Compact(i64),
+    /// `id == 0` lets the writer choose one.
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
+    LeaseRevoke {
+        id: i64,
+    },
+}
+
+impl Request {
+    /// Rough size, for bounding a batch.
+    fn size(&self) -> usize {
+        use prost::Message;
+        match self {
+            Request::Put(r) => r.encoded_len(),
+            Request::DeleteRange(r) => r.encoded_len(),
+            Request::Txn(r) => r.encoded_len(),
+            _ => 16,
+        }
+    }
+}
+
+/// The answer to a [`Request`], valid only once the chunk holding it is in the bucket.
+#[derive(Debug, Clone)]
+pub enum Response {
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compact { revision: i64 },
+    LeaseGrant { id: i64, ttl: i64, revision: i64 },
+    LeaseRevoke { revision: i64 },
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Mvcc(#[from] mvcc::Error),
+    /// The chunk could not be written; the batch was not applied (or its outcome is unknown
+    /// if the store lost the response).
+    #[error("writing chunk {key}: {message}")]
+    Store { key: String, message: String },
+    #[error("another writer extended the log at {key}; this node stopped writing")]
+    Fenced { key: String },
+    #[error("this node is not the leader")]
+    NotLeader,
+    #[error("leader lease expired before the write could be acknowledged")]
+    LeaseExpired,
+    #[error("chunk too large: {0}")]
+    TooLarge(String),
+    #[error("shutting down")]
+    Shutdown,
+}
+
+impl WriteError {
+    fn store(key: &str, e: &StoreError) -> Self {
+        Self::Store {
+            key: key.to_string(),
+            message: e.to_string(),
+        }
+    }
+}
+
+pub(crate) struct Proposal {
+    pub request: Request,
+    pub reply: oneshot::Sender<Result<Response, WriteError>>,
+}
+
+/// Shared handle: the published state, the head revision as a watch channel, and the
+/// writer's queue.
+#[derive(Clone)]
+pub struct Log {
+    state: Arc<ArcSwap<State>>,
+    head: watch::Sender<i64>,
+    queue: mpsc::Sender<Proposal>,
+}
+
+/// The receiving side of the writer's queue, owned by whoever runs the writer.
+pub struct Queue(pub(crate) mpsc::Receiver<Proposal>);
+
+impl Queue {
+    /// Answers everything queued with `err` (used while this node cannot write).
+    pub fn reject_pending(&mut self, err: &WriteError) {
+        while let Ok(p) = self.0.try_recv() {
+            let _ = p.reply.send(Err(err.clone()));
+        }
+    }
+
+    /// Waits for the next proposal and rejects it.
+    pub async fn reject_next(&mut self, err: &WriteError) -> bool {
+        match self.0.recv().await {
+            Some(p) => {
+                let _ = p.reply.send(Err(err.clone()));
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Log {
+    /// A log over `state`, and the queue its writer will drain.
+    pub fn new(state: State, queue_depth: usize) -> (Self, Queue) {
+        let (tx, rx) = mpsc::channel(queue_depth);
+        let (head, _) = watch::channel(state.revision);
+        (
+            Self {
+                state: Arc::new(ArcSwap::from_pointee(state)),
+                head,
+                queue: tx,
+            },
+            Queue(rx),
+        )
+    }
+
+    /// The current published state. Never blocks.
+    pub fn state(&self) -> Arc<State> {
+        self.state.load_full()
+    }
+
+    /// Publishes a state (after its chunk is durable, or after recovery).
+    pub(crate) fn publish(&self, state: State) {
+        let rev = state.revision;
+        self.state.store(Arc::new(state));
+        self.head.send_replace(rev);
+    }
+
+    /// A receiver that changes whenever a new state is published.
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.head.subscribe()
+    }
+
+    /// Submits a change and waits until it is durable (or failed).
+    pub async fn write(&self, request: Request) -> Result<Response, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        self.queue
+            .send(Proposal { request, reply })
+            .await
+            .map_err(|_| WriteError::Shutdown)?;
+        rx.await.map_err(|_| WriteError::Shutdown)?
+    }
+}
+
+#[cfg(test)]
+mod tests;

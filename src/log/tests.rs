@@ -1,0 +1,284 @@
+use super::layout::{chunk_key, Position};
+use super::leader::{Leader, LeaderTiming};
+use super::recovery::{recover, RecoveryError};
+use super::*;
+use crate::format;
+use crate::proto::etcdserverpb::{PutRequest, RangeRequest};
+use crate::store::memory::{Fault, MemoryStore, Op};
+use crate::store::{DynStore, ObjectStore, PutMode};
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+fn put(k: &str, v: &str) -> Request {
+    Request::Put(PutRequest {
+        key: Bytes::from(k.to_string()),
+        value: Bytes::from(v.to_string()),
+        ..Default::default()
+    })
+}
+
+struct Running {
+    log: Log,
+    mem: std::sync::Arc<MemoryStore>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<WriterExit>,
+}
+
+async fn start(mem: std::sync::Arc<MemoryStore>) -> Running {
+    let store: DynStore = mem.clone();
+    let stop = CancellationToken::new();
+    let leader = Leader::acquire(store.clone(), "test", LeaderTiming::default(), &stop)
+        .await
+        .unwrap();
+    let rec = recover(store.as_ref()).await.unwrap();
+    let (log, mut queue) = Log::new(rec.state, 1024);
+    let (l, s) = (log.clone(), stop.clone());
+    let task = tokio::spawn(async move {
+        run_writer(
+            &l,
+            &mut queue,
+            &store,
+            &leader,
+            &WriterConfig::default(),
+            rec.next,
+            &s,
+        )
+        .await
+    });
+    Running {
+        log,
+        mem,
+        stop,
+        task,
+    }
+}
+
+fn value(log: &Log, key: &str) -> Option<Bytes> {
+    log.state()
+        .range(
+            &RangeRequest {
+                key: Bytes::from(key.to_string()),
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap()
+        .kvs
+        .pop()
+        .map(|kv| kv.value)
+}
+
+#[tokio::test]
+async fn concurrent_writes_are_group_committed_with_consecutive_revisions() {
+    let r = start(std::sync::Arc::new(MemoryStore::new())).await;
+    // Hold the first PUT so the rest queue up behind it.
+    r.mem.inject(
+        Op::Put,
+        1,
+        Fault::Delay(std::time::Duration::from_millis(200)),
+    );
+    let puts_before = r.mem.calls(Op::Put);
+    let results =
+        futures::future::join_all((0..50).map(|i| r.log.write(put(&format!("k{i}"), "v")))).await;
+    let mut revs: Vec<i64> = results
+        .into_iter()
+        .map(|res| match res.unwrap() {
+            Response::Put(p) => p.header.unwrap().revision,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    revs.sort();
+    assert_eq!(revs, (2..52).collect::<Vec<_>>());
+    let puts = r.mem.calls(Op::Put) - puts_before;
+    assert!(puts <= 3, "50 writes took {puts} PUTs");
+    assert_eq!(r.log.state().revision, 51);
+    r.stop.cancel();
+    assert!(matches!(r.task.await.unwrap(), WriterExit::Shutdown));
+    // Everything acknowledged is in the bucket.
+    let rec = recover(r.mem.as_ref()).await.unwrap();
+    assert_eq!(rec.state.revision, 51);
+    assert_eq!(rec.next, Position::new(52, 0));
+}
+
+#[tokio::test]
+async fn failed_put_fails_the_batch_and_publishes_nothing() {
+    let r = start(std::sync::Arc::new(MemoryStore::new())).await;
+    r.log.write(put("a", "1")).await.unwrap();
+    r.mem.inject(Op::Put, 1, Fault::Fail);
+    let err = r.log.write(put("a", "2")).await.unwrap_err();
+    assert!(matches!(err, WriteError::Store { .. }), "{err}");
+    assert_eq!(value(&r.log, "a").unwrap(), "1");
+    assert_eq!(r.log.state().revision, 2);
+    // The next write takes the same position and succeeds.
+    match r.log.write(put("a", "3")).await.unwrap() {
+        Response::Put(p) => assert_eq!(p.header.unwrap().revision, 3),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_put_that_landed_but_failed_is_found_by_the_next_write_and_reloaded() {
+    let r = start(std::sync::Arc::new(MemoryStore::new())).await;
+    r.mem.inject(Op::Put, 1, Fault::ApplyThenFail);
+    assert!(r.log.write(put("a", "1")).await.is_err());
+    // The write is in the bucket though not acknowledged: the next one collides with it
+    // and the writer stops rather than fork the log.
+    let err = r.log.write(put("b", "1")).await.unwrap_err();
+    assert!(matches!(err, WriteError::Fenced { .. }), "{err}");
+    assert!(matches!(r.task.await.unwrap(), WriterExit::Fenced(_)));
+    let rec = recover(r.mem.as_ref()).await.unwrap();
+    assert_eq!(
+        rec.state.revision, 2,
+        "the unacknowledged write is in the log"
+    );
+}
+
+#[tokio::test]
+async fn second_writer_at_the_same_position_is_fenced() {
+    let mem = std::sync::Arc::new(MemoryStore::new());
+    let r = start(mem.clone()).await;
+    r.log.write(put("a", "1")).await.unwrap();
+    // Another writer extends the log behind this one's back.
+    let mut records = vec![crate::proto::netsy::Record {
+        revision: 3,
+        key: Bytes::from_static(b"x"),
+        created: true,
+        create_revision: 3,
+        version: 1,
+        ..Default::default()
+    }];
+    let other = format::encode(
+        crate::proto::netsy::FileKind::Chunk,
+        &Default::default(),
+        &mut records,
+    )
+    .unwrap();
+    mem.put(
+        &chunk_key(Position::new(3, 0)),
+        other.into(),
+        PutMode::Create,
+    )
+    .await
+    .unwrap();
+    let err = r.log.write(put("a", "2")).await.unwrap_err();
+    assert!(matches!(err, WriteError::Fenced { .. }));
+    assert_eq!(
+        value(&r.log, "a").unwrap(),
+        "1",
+        "nothing of the failed batch is visible"
+    );
+}
+
+#[tokio::test]
+async fn leases_and_compaction_survive_restart_without_using_revisions() {
+    let mem = std::sync::Arc::new(MemoryStore::new());
+    let r = start(mem.clone()).await;
+    let Response::LeaseGrant { id, .. } = r
+        .log
+        .write(Request::LeaseGrant { id: 0, ttl: 60 })
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(r.log.state().revision, 1, "a grant uses no revision");
+    r.log
+        .write(Request::Put(PutRequest {
+            key: Bytes::from_static(b"leased"),
+            lease: id,
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    r.log.write(put("a", "1")).await.unwrap();
+    r.log.write(put("a", "2")).await.unwrap();
+    r.log.write(Request::Compact(3)).await.unwrap();
+    r.stop.cancel();
+    r.task.await.unwrap();
+    // The grant took position (2, 0) without a revision, so the first key write sits at
+    // (2, 1); the compaction takes (5, 0).
+    for pos in [(2, 0), (2, 1), (3, 0), (4, 0), (5, 0)] {
+        let key = chunk_key(Position::new(pos.0, pos.1));
+        assert!(
+            mem.keys().contains(&key),
+            "{key} missing from {:?}",
+            mem.keys()
+        );
+    }
+
+    let r = start(mem.clone()).await;
+    let st = r.log.state();
+    assert_eq!((st.revision, st.compact_revision), (4, 3));
+    assert_eq!(st.lease(id).unwrap().ttl, 60);
+    assert_eq!(st.lease_keys(id).count(), 1);
+    // Revoking deletes the attached key in one new revision.
+    r.log.write(Request::LeaseRevoke { id }).await.unwrap();
+    assert_eq!(r.log.state().revision, 5);
+    assert!(value(&r.log, "leased").is_none());
+    r.stop.cancel();
+    r.task.await.unwrap();
+    let rec = recover(mem.as_ref()).await.unwrap();
+    assert!(rec.state.lease(id).is_none());
+    assert_eq!(rec.state.revision, 5);
+}
+
+const GO_BUCKET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/go-netsy/bucket");
+
+async fn go_bucket() -> std::sync::Arc<MemoryStore> {
+    let mem = std::sync::Arc::new(MemoryStore::new());
+    let local = crate::store::local::LocalStore::open(GO_BUCKET).unwrap();
+    for m in local.list("", None).await.unwrap() {
+        mem.raw_put(&m.key, local.get(&m.key).await.unwrap().data);
+    }
+    mem
+}
+
+#[tokio::test]
+async fn recovers_the_go_bucket_and_continues_at_201() {
+    let mem = go_bucket().await;
+    let rec = recover(mem.as_ref()).await.unwrap();
+    assert_eq!(rec.state.revision, 200);
+    assert_eq!(rec.next, Position::new(201, 0));
+    assert_eq!(rec.chunks, 50);
+    let r = start(mem.clone()).await;
+    match r.log.write(put("/new", "x")).await.unwrap() {
+        Response::Put(p) => assert_eq!(p.header.unwrap().revision, 201),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn gap_overlap_and_corruption_stop_recovery_with_the_object_named() {
+    let mem = go_bucket().await;
+    let missing = chunk_key(Position::new(170, 0));
+    mem.raw_delete(&missing);
+    match recover(mem.as_ref()).await.unwrap_err() {
+        RecoveryError::Gap { expected, orphans } => {
+            assert_eq!(expected, Position::new(170, 0));
+            assert_eq!(orphans.len(), 30);
+        }
+        other => panic!("{other}"),
+    }
+
+    let mem = go_bucket().await;
+    let key = chunk_key(Position::new(160, 0));
+    let mut data = mem.get(&key).await.unwrap().data.to_vec();
+    let n = data.len();
+    data[n / 2] ^= 0x40;
+    mem.raw_put(&key, data.into());
+    let err = recover(mem.as_ref()).await.unwrap_err();
+    assert!(err.to_string().contains(&key), "{err}");
+
+    // A 1.0-style chunk keyed by its last revision, duplicating revision 175.
+    let mem = go_bucket().await;
+    let dup = mem
+        .get(&chunk_key(Position::new(175, 0)))
+        .await
+        .unwrap()
+        .data;
+    mem.raw_put("chunks/0999/0000000000000000999.netsy", dup);
+    assert!(matches!(
+        recover(mem.as_ref()).await.unwrap_err(),
+        RecoveryError::Overlap { .. }
+    ));
+}

@@ -1,0 +1,324 @@
+//! The group-committing writer task.
+
+use super::layout::{chunk_key, Position};
+use super::leader::Leader;
+use super::{Log, Proposal, Queue, Request, Response, WriteError};
+use crate::format::{self, FileMeta};
+use crate::mvcc::{Error as MvccError, Lease, State};
+use crate::proto::netsy::{FileKind, Record, RecordKind};
+use crate::store::DynStore;
+use bytes::Bytes;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// Written into every chunk header and record.
+    pub leader_id: String,
+    /// Most records one chunk may hold.
+    pub max_batch_records: usize,
+    /// Most request bytes one batch may take.
+    pub max_batch_bytes: usize,
+    /// Extra wait before cutting a batch, to trade latency for fewer PUTs (default 0).
+    pub commit_window: Duration,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self {
+            leader_id: "netsy".into(),
+            max_batch_records: 10_000,
+            max_batch_bytes: 16 * 1024 * 1024,
+            commit_window: Duration::ZERO,
+        }
+    }
+}
+
+/// Why the writer stopped.
+#[derive(Debug)]
+pub enum WriterExit {
+    Shutdown,
+    /// Another writer extended the log, or the lease was lost: reload before writing again.
+    Fenced(WriteError),
+    /// The queue closed (every `Log` handle dropped).
+    Closed,
+}
+
+fn timestamp() -> prost_types::Timestamp {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    prost_types::Timestamp {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+/// Evaluates one request against `work`, appending its records.
+fn evaluate(
+    work: &mut State,
+    request: &Request,
+    records: &mut Vec<Record>,
+) -> Result<Response, MvccError> {
+    let control = |work: &State, kind: RecordKind| Record {
+        revision: work.revision,
+        kind: kind as i32,
+        ..Default::default()
+    };
+    match request {
+        Request::Put(r) => {
+            let e = work.put(r)?;
+            records.extend(e.records);
+            Ok(Response::Put(e.response))
+        }
+        Request::DeleteRange(r) => {
+            let e = work.delete_range(r)?;
+            records.extend(e.records);
+            Ok(Response::DeleteRange(e.response))
+        }
+        Request::Txn(r) => {
+            let e = work.txn(r)?;
+            records.extend(e.records);
+            Ok(Response::Txn(e.response))
+        }
+        Request::Compact(rev) => {
+            let rev = *rev;
+            if rev > work.revision {
+                return Err(MvccError::FutureRevision);
+            }
+            if rev <= work.compact_revision {
+                return Err(MvccError::Compacted);
+            }
+            work.compact(rev);
+            records.push(Record {
+                compact_revision: rev,
+                ..control(work, RecordKind::Compact)
+            });
+            Ok(Response::Compact {
+                revision: work.revision,
+            })
+        }
+        Request::LeaseGrant { id, ttl } => {
+            let id = if *id == 0 {
+                loop {
+                    let candidate = (rand::random::<u64>() >> 1) as i64;
+                    if candidate != 0 && work.lease(candidate).is_none() {
+                        break candidate;
+                    }
+                }
+            } else {
+                *id
+            };
+            if work.lease(id).is_some() {
+                return Err(MvccError::LeaseExists);
+            }
+            work.put_lease(Lease { id, ttl: *ttl });
+            records.push(Record {
+                lease: id,
+                ttl: *ttl,
+                ..control(work, RecordKind::LeaseGrant)
+            });
+            Ok(Response::LeaseGrant {
+                id,
+                ttl: *ttl,
+                revision: work.revision,
+            })
+        }
+        Request::LeaseRevoke { id } => {
+            if work.lease(*id).is_none() {
+                return Err(MvccError::LeaseNotFound);
+            }
+            let keys: Vec<Bytes> = work.lease_keys(*id).cloned().collect();
+            if !keys.is_empty() {
+                // All attached keys go in one revision, like etcd's revoke.
+                let txn = crate::proto::etcdserverpb::TxnRequest {
+                    compare: vec![],
+                    success: keys
+                        .into_iter()
+                        .map(|key| crate::proto::etcdserverpb::RequestOp {
+                            request: Some(
+                                crate::proto::etcdserverpb::request_op::Request::RequestDeleteRange(
+                                    crate::proto::etcdserverpb::DeleteRangeRequest {
+                                        key,
+                                        ..Default::default()
+                                    },
+                                ),
+                            ),
+                        })
+                        .collect(),
+                    failure: vec![],
+                };
+                records.extend(work.txn(&txn)?.records);
+            }
+            work.remove_lease(*id);
+            records.push(Record {
+                lease: *id,
+                ..control(work, RecordKind::LeaseRevoke)
+            });
+            Ok(Response::LeaseRevoke {
+                revision: work.revision,
+            })
+        }
+    }
+}
+
+/// Control records placed before the first key-value record of a chunk take that record's
+/// revision, so revisions never decrease within a chunk and the footer's first revision is
+/// the chunk's log position.
+fn align_control_records(records: &mut [Record]) -> Option<i64> {
+    let first_kv = records
+        .iter()
+        .find(|r| !State::is_control(r))
+        .map(|r| r.revision)?;
+    for r in records.iter_mut() {
+        if !State::is_control(r) {
+            break;
+        }
+        r.revision = first_kv;
+    }
+    Some(first_kv)
+}
+
+/// Runs the writer until shutdown or fencing. `next` is the log position after recovery.
+pub async fn run_writer(
+    log: &Log,
+    queue: &mut Queue,
+    store: &DynStore,
+    leader: &Leader,
+    config: &WriterConfig,
+    mut next: Position,
+    shutdown: &CancellationToken,
+) -> WriterExit {
+    let mut batch: Vec<Proposal> = Vec::new();
+    loop {
+        batch.clear();
+        let first = tokio::select! {
+            p = queue.0.recv() => match p {
+                Some(p) => p,
+                None => return WriterExit::Closed,
+            },
+            _ = shutdown.cancelled() => return WriterExit::Shutdown,
+        };
+        if !config.commit_window.is_zero() {
+            tokio::time::sleep(config.commit_window).await;
+        }
+        let mut bytes = first.request.size();
+        batch.push(first);
+        while batch.len() < config.max_batch_records && bytes < config.max_batch_bytes {
+            match queue.0.try_recv() {
+                Ok(p) => {
+                    bytes += p.request.size();
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+
+        let base = log.state();
+        let mut work = (*base).clone();
+        let mut records = Vec::new();
+        let mut results = Vec::with_capacity(batch.len());
+        for p in &batch {
+            results.push(evaluate(&mut work, &p.request, &mut records).map_err(WriteError::from));
+        }
+        if records.is_empty() {
+            // Nothing to persist (every request failed, or changed nothing).
+            log.publish(work);
+            for (p, r) in batch.drain(..).zip(results) {
+                let _ = p.reply.send(r);
+            }
+            continue;
+        }
+
+        let created_at = timestamp();
+        for r in records.iter_mut() {
+            r.leader_id.clone_from(&config.leader_id);
+            r.created_at = Some(created_at);
+        }
+        let first_kv = align_control_records(&mut records);
+        let position = next;
+        if let Some(first_kv) = first_kv {
+            debug_assert_eq!(first_kv, position.revision);
+        }
+        let key = chunk_key(position);
+        let meta = FileMeta {
+            leader_id: config.leader_id.clone(),
+            created_at: Some(created_at),
+            ..Default::default()
+        };
+        let encoded = match format::encode(FileKind::Chunk, &meta, &mut records) {
+            Ok(b) => b,
+            Err(e) => {
+                let err = WriteError::TooLarge(e.to_string());
+                for p in batch.drain(..) {
+                    let _ = p.reply.send(Err(err.clone()));
+                }
+                continue;
+            }
+        };
+        if !leader.is_valid() {
+            let err = WriteError::LeaseExpired;
+            for p in batch.drain(..) {
+                let _ = p.reply.send(Err(err.clone()));
+            }
+            return WriterExit::Fenced(err);
+        }
+        let started = Instant::now();
+        let size = encoded.len();
+        let put = store
+            .put(&key, Bytes::from(encoded), crate::store::PutMode::Create)
+            .await;
+        match put {
+            Ok(_) if leader.is_valid() => {
+                tracing::debug!(
+                    key,
+                    requests = batch.len(),
+                    records = records.len(),
+                    bytes = size,
+                    put_ms = started.elapsed().as_millis() as u64,
+                    "committed chunk"
+                );
+                next = if first_kv.is_some() {
+                    Position::new(work.revision + 1, 0)
+                } else {
+                    Position::new(position.revision, position.seq + 1)
+                };
+                log.publish(work);
+                for (p, r) in batch.drain(..).zip(results) {
+                    let _ = p.reply.send(r);
+                }
+            }
+            Ok(_) => {
+                // Durable, but the lease ran out while the PUT was in flight: a successor may
+                // already be serving, so the outcome cannot be acknowledged.
+                tracing::error!(
+                    key,
+                    "chunk written after the leader lease expired; stepping down"
+                );
+                let err = WriteError::LeaseExpired;
+                for p in batch.drain(..) {
+                    let _ = p.reply.send(Err(err.clone()));
+                }
+                return WriterExit::Fenced(err);
+            }
+            Err(e) if e.is_conflict() => {
+                tracing::error!(
+                    key,
+                    "another writer already wrote this log position; this node stops writing and reloads"
+                );
+                let err = WriteError::Fenced { key };
+                for p in batch.drain(..) {
+                    let _ = p.reply.send(Err(err.clone()));
+                }
+                return WriterExit::Fenced(err);
+            }
+            Err(e) => {
+                tracing::warn!(key, error = %e, requests = batch.len(), "chunk PUT failed; batch failed");
+                let err = WriteError::store(&key, &e);
+                for p in batch.drain(..) {
+                    let _ = p.reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+}
