@@ -1,5 +1,17 @@
+//! Netsy: an etcd replacement for Kubernetes whose only durable state is a bucket.
+//!
+//! See ARCHITECTURE.md for the map: `format` (the .netsy file), `store` (object stores),
+//! `mvcc` (the in-memory multi-version state), `log` (group commit, recovery, leadership),
+//! `lease` and `watch` (runtime parts of those etcd features), `api` (the gRPC services),
+//! `server` (wiring), `inspect` (the CLI's file viewer).
+
+pub mod api;
 pub mod format;
+pub mod inspect;
+pub mod lease;
 pub mod log;
 pub mod mvcc;
 pub mod proto;
+pub mod server;
 pub mod store;
+pub mod watch;

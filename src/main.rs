@@ -1,1 +1,241 @@
-fn main() {}
+//! The `netsy` binary: parses flags and environment, then hands over to the library.
+
+use clap::{Args, Parser, Subcommand};
+use netsy::log::leader::LeaderTiming;
+use netsy::log::WriterConfig;
+use netsy::server::{self, Config};
+use netsy::store::s3::S3Options;
+use netsy::store::StoreOptions;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "netsy",
+    version,
+    about = "An etcd replacement whose only durable state is a bucket"
+)]
+struct Cli {
+    /// Log format: text or json.
+    #[arg(long, global = true, env = "NETSY_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the etcd v3 API from a bucket.
+    Serve(ServeArgs),
+    /// Show a .netsy file (path, file:// or s3:// URL) and verify its CRCs.
+    Inspect {
+        /// Path or URL of the file.
+        target: String,
+        /// Print JSON (protojson field names) instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        s3: S3Args,
+    },
+}
+
+#[derive(Args)]
+struct S3Args {
+    /// S3 endpoint for S3-compatible stores (LocalStack, MinIO). AWS_ENDPOINT_URL also works.
+    #[arg(long, env = "NETSY_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    /// S3 region (else AWS_REGION or the profile's).
+    #[arg(long, env = "NETSY_S3_REGION")]
+    s3_region: Option<String>,
+    /// Use path-style addressing (needed for LocalStack and MinIO).
+    #[arg(long, env = "NETSY_S3_FORCE_PATH_STYLE", default_value_t = false)]
+    s3_force_path_style: bool,
+    /// Role to assume through STS on top of the default credential chain.
+    #[arg(long, env = "NETSY_S3_ASSUME_ROLE_ARN")]
+    s3_assume_role_arn: Option<String>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Object store: file:///dir, a directory path, or s3://bucket/prefix.
+    #[arg(long, env = "NETSY_STORE")]
+    store: Option<String>,
+    /// S3 bucket (the Go Netsy's name); used when --store is not given.
+    #[arg(long, env = "NETSY_S3_BUCKET_NAME")]
+    s3_bucket: Option<String>,
+    /// Key prefix inside the bucket (the Go Netsy's name).
+    #[arg(long, env = "NETSY_S3_KEY_PREFIX")]
+    s3_key_prefix: Option<String>,
+    #[command(flatten)]
+    s3: S3Args,
+    /// Storage class of written objects (e.g. STANDARD, INTELLIGENT_TIERING).
+    #[arg(long, env = "NETSY_S3_STORAGE_CLASS")]
+    s3_storage_class: Option<String>,
+    /// Server-side encryption: AES256 or aws:kms.
+    #[arg(long, env = "NETSY_S3_SSE")]
+    s3_sse: Option<String>,
+    /// KMS key id for --s3-sse aws:kms.
+    #[arg(long, env = "NETSY_S3_SSE_KMS_KEY_ID")]
+    s3_sse_kms_key_id: Option<String>,
+    /// Address the etcd client API listens on.
+    #[arg(
+        long,
+        env = "NETSY_LISTEN_CLIENTS_ADDR",
+        default_value = "127.0.0.1:2379"
+    )]
+    listen_client_addr: SocketAddr,
+    /// Client URLs reported by member list (default http://LISTEN_ADDR).
+    #[arg(long, env = "NETSY_ADVERTISE_CLIENT_URLS", value_delimiter = ',')]
+    advertise_client_urls: Vec<String>,
+    /// This node's name (written into every chunk as the leader id).
+    #[arg(long, env = "NETSY_NAME", default_value = "netsy")]
+    name: String,
+    /// Extra wait before cutting a commit batch, in milliseconds (fewer PUTs, more latency).
+    #[arg(long, env = "NETSY_COMMIT_WINDOW_MS", default_value_t = 0)]
+    commit_window_ms: u64,
+    /// Most records in one chunk.
+    #[arg(long, env = "NETSY_MAX_BATCH_RECORDS", default_value_t = 10_000)]
+    max_batch_records: usize,
+    /// Single-writer lease duration in seconds.
+    #[arg(long, env = "NETSY_LEADER_LEASE_SECONDS", default_value_t = 15)]
+    leader_lease_seconds: u64,
+    /// Largest request accepted, in bytes (etcd's --max-request-bytes).
+    #[arg(long, env = "NETSY_MAX_REQUEST_BYTES", default_value_t = 1536 * 1024)]
+    max_request_bytes: usize,
+    /// Most operations in one transaction (etcd's --max-txn-ops).
+    #[arg(long, env = "NETSY_MAX_TXN_OPS", default_value_t = 128)]
+    max_txn_ops: usize,
+    /// Interval of progress notifications to idle watchers, in milliseconds.
+    #[arg(
+        long,
+        env = "NETSY_PROGRESS_NOTIFY_INTERVAL_MS",
+        default_value_t = 5000
+    )]
+    progress_notify_interval_ms: u64,
+}
+
+impl S3Args {
+    fn options(&self) -> S3Options {
+        S3Options {
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            force_path_style: self.s3_force_path_style,
+            assume_role_arn: self.s3_assume_role_arn.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+impl ServeArgs {
+    fn config(self) -> anyhow::Result<Config> {
+        let store = match (&self.store, &self.s3_bucket) {
+            (Some(s), _) => s.clone(),
+            (None, Some(bucket)) => format!(
+                "s3://{bucket}/{}",
+                self.s3_key_prefix.clone().unwrap_or_default()
+            ),
+            (None, None) => "data".to_string(),
+        };
+        let mut s3 = self.s3.options();
+        if let Some(prefix) = &self.s3_key_prefix {
+            s3.prefix = prefix.clone();
+        }
+        s3.storage_class = self.s3_storage_class.clone();
+        s3.sse = self.s3_sse.clone();
+        s3.sse_kms_key_id = self.s3_sse_kms_key_id.clone();
+        anyhow::ensure!(
+            self.leader_lease_seconds >= 3,
+            "--leader-lease-seconds must be at least 3"
+        );
+        anyhow::ensure!(
+            self.max_batch_records > 0,
+            "--max-batch-records must be positive"
+        );
+        anyhow::ensure!(self.max_txn_ops > 0, "--max-txn-ops must be positive");
+        anyhow::ensure!(
+            (1024..=3 * 1024 * 1024).contains(&self.max_request_bytes),
+            "--max-request-bytes must be between 1 KiB and 3 MiB (records must stay under the 4 MiB message limit)"
+        );
+        let lease = Duration::from_secs(self.leader_lease_seconds);
+        Ok(Config {
+            store,
+            store_options: StoreOptions { s3 },
+            listen_client_addr: self.listen_client_addr,
+            advertise_client_urls: self.advertise_client_urls,
+            name: self.name.clone(),
+            leader: LeaderTiming {
+                duration: lease,
+                margin: lease / 5,
+            },
+            writer: WriterConfig {
+                leader_id: self.name,
+                max_batch_records: self.max_batch_records,
+                commit_window: Duration::from_millis(self.commit_window_ms),
+                ..Default::default()
+            },
+            limits: netsy::api::Limits {
+                max_request_bytes: self.max_request_bytes,
+                max_txn_ops: self.max_txn_ops,
+            },
+            progress_notify_interval: Duration::from_millis(
+                self.progress_notify_interval_ms.max(1),
+            ),
+            ..Default::default()
+        })
+    }
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log_format);
+    let result = match cli.command {
+        Command::Serve(args) => match args.config() {
+            Ok(config) => {
+                let shutdown = CancellationToken::new();
+                let signal = shutdown.clone();
+                tokio::spawn(async move {
+                    let mut term =
+                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                            .expect("SIGTERM handler");
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                    signal.cancel();
+                });
+                server::serve(config, shutdown).await
+            }
+            Err(e) => Err(e),
+        },
+        Command::Inspect { target, json, s3 } => {
+            match netsy::inspect::fetch(&target, &s3.options()).await {
+                Ok(data) => {
+                    netsy::inspect::render(&target, &data, json).map(|out| println!("{out}"))
+                }
+                Err(e) => Err(e),
+            }
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("netsy: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -101,7 +101,8 @@ pub struct StoreOptions {
     pub s3: s3::S3Options,
 }
 
-/// Opens a store from a URL: `file:///path`, `s3://bucket/prefix` or `memory://`.
+/// Opens a store from a URL: `file:///path`, a plain directory path, `s3://bucket/prefix`
+/// or `memory://`.
 pub async fn open(url: &str, options: &StoreOptions) -> anyhow::Result<DynStore> {
     if let Some(path) = url.strip_prefix("file://") {
         anyhow::ensure!(
@@ -120,7 +121,8 @@ pub async fn open(url: &str, options: &StoreOptions) -> anyhow::Result<DynStore>
         Ok(Arc::new(s3::S3Store::connect(opts).await?))
     } else if url == "memory://" {
         Ok(Arc::new(memory::MemoryStore::new()))
-    } else if url.starts_with('/') {
+    } else if !url.contains("://") && !url.is_empty() {
+        // A plain directory path, relative or absolute.
         Ok(Arc::new(local::LocalStore::open(url)?))
     } else {
         anyhow::bail!("store URL {url}: expected file:///path, s3://bucket/prefix or memory://")

@@ -1,0 +1,126 @@
+//! etcd's KV service. Reads (Range, read-only Txn) are answered from the published state
+//! without touching storage or the writer; everything else goes through the log and is
+//! answered once durable.
+
+use super::{validate, Context};
+use crate::log::{Request, Response};
+use crate::mvcc::txn_is_read_only;
+use crate::proto::etcdserverpb::kv_server::Kv;
+use crate::proto::etcdserverpb::{
+    response_op, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+};
+use prost::Message;
+use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
+
+pub struct KvService {
+    ctx: Context,
+}
+
+impl KvService {
+    pub fn new(ctx: Context) -> Self {
+        Self { ctx }
+    }
+
+    fn check_size(&self, m: &impl Message) -> Result<(), Status> {
+        if m.encoded_len() > self.ctx.limits.max_request_bytes {
+            return Err(super::errors::request_too_large());
+        }
+        Ok(())
+    }
+
+    fn fill_txn(&self, t: &mut TxnResponse) {
+        self.ctx.fill(&mut t.header);
+        for op in &mut t.responses {
+            match &mut op.response {
+                Some(response_op::Response::ResponseRange(r)) => self.ctx.fill(&mut r.header),
+                Some(response_op::Response::ResponsePut(r)) => self.ctx.fill(&mut r.header),
+                Some(response_op::Response::ResponseDeleteRange(r)) => self.ctx.fill(&mut r.header),
+                Some(response_op::Response::ResponseTxn(r)) => self.fill_txn(r),
+                None => {}
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(
+        &self,
+        request: GrpcRequest<RangeRequest>,
+    ) -> Result<GrpcResponse<RangeResponse>, Status> {
+        let r = request.into_inner();
+        validate::range(&r)?;
+        let state = self.ctx.log.state();
+        let mut resp = state.range(&r, None)?;
+        // The header carries the store's current revision, whatever revision was read.
+        resp.header = self.ctx.header(state.revision);
+        Ok(GrpcResponse::new(resp))
+    }
+
+    async fn put(
+        &self,
+        request: GrpcRequest<PutRequest>,
+    ) -> Result<GrpcResponse<PutResponse>, Status> {
+        let r = request.into_inner();
+        validate::put(&r)?;
+        self.check_size(&r)?;
+        match self.ctx.log.write(Request::Put(r)).await? {
+            Response::Put(mut p) => {
+                self.ctx.fill(&mut p.header);
+                Ok(GrpcResponse::new(p))
+            }
+            other => Err(Status::internal(format!("unexpected response {other:?}"))),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        request: GrpcRequest<DeleteRangeRequest>,
+    ) -> Result<GrpcResponse<DeleteRangeResponse>, Status> {
+        let r = request.into_inner();
+        validate::delete(&r)?;
+        self.check_size(&r)?;
+        match self.ctx.log.write(Request::DeleteRange(r)).await? {
+            Response::DeleteRange(mut d) => {
+                self.ctx.fill(&mut d.header);
+                Ok(GrpcResponse::new(d))
+            }
+            other => Err(Status::internal(format!("unexpected response {other:?}"))),
+        }
+    }
+
+    async fn txn(
+        &self,
+        request: GrpcRequest<TxnRequest>,
+    ) -> Result<GrpcResponse<TxnResponse>, Status> {
+        let t = request.into_inner();
+        validate::txn(&t, self.ctx.limits.max_txn_ops)?;
+        self.check_size(&t)?;
+        let mut resp = if txn_is_read_only(&t) {
+            // Evaluated on a private copy of the published state: no writer involved.
+            let mut state = (*self.ctx.log.state()).clone();
+            state.txn(&t)?.response
+        } else {
+            match self.ctx.log.write(Request::Txn(t)).await? {
+                Response::Txn(t) => t,
+                other => return Err(Status::internal(format!("unexpected response {other:?}"))),
+            }
+        };
+        self.fill_txn(&mut resp);
+        Ok(GrpcResponse::new(resp))
+    }
+
+    async fn compact(
+        &self,
+        request: GrpcRequest<CompactionRequest>,
+    ) -> Result<GrpcResponse<CompactionResponse>, Status> {
+        let r = request.into_inner();
+        match self.ctx.log.write(Request::Compact(r.revision)).await? {
+            Response::Compact { revision } => Ok(GrpcResponse::new(CompactionResponse {
+                header: self.ctx.header(revision),
+            })),
+            other => Err(Status::internal(format!("unexpected response {other:?}"))),
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! etcd's Lease service.
+
+use super::{errors, Context};
+use crate::lease::MAX_TTL;
+use crate::log::{Request, Response};
+use crate::proto::etcdserverpb::lease_server::Lease;
+use crate::proto::etcdserverpb::{
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
+use futures::Stream;
+use std::pin::Pin;
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status, Streaming};
+
+pub struct LeaseService {
+    ctx: Context,
+    stop: CancellationToken,
+}
+
+impl LeaseService {
+    /// Keepalive streams end when `stop` is cancelled (server shutdown).
+    pub fn new(ctx: Context, stop: CancellationToken) -> Self {
+        Self { ctx, stop }
+    }
+}
+
+type KeepAliveStream =
+    Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Lease for LeaseService {
+    async fn lease_grant(
+        &self,
+        request: GrpcRequest<LeaseGrantRequest>,
+    ) -> Result<GrpcResponse<LeaseGrantResponse>, Status> {
+        let r = request.into_inner();
+        if r.ttl > MAX_TTL {
+            return Err(errors::lease_ttl_too_large());
+        }
+        let ttl = self.ctx.lessor.effective_ttl(r.ttl);
+        match self
+            .ctx
+            .log
+            .write(Request::LeaseGrant { id: r.id, ttl })
+            .await?
+        {
+            Response::LeaseGrant { id, ttl, revision } => {
+                self.ctx.lessor.granted(id, ttl);
+                Ok(GrpcResponse::new(LeaseGrantResponse {
+                    header: self.ctx.header(revision),
+                    id,
+                    ttl,
+                    error: String::new(),
+                }))
+            }
+            other => Err(Status::internal(format!("unexpected response {other:?}"))),
+        }
+    }
+
+    async fn lease_revoke(
+        &self,
+        request: GrpcRequest<LeaseRevokeRequest>,
+    ) -> Result<GrpcResponse<LeaseRevokeResponse>, Status> {
+        let id = request.into_inner().id;
+        match self.ctx.log.write(Request::LeaseRevoke { id }).await? {
+            Response::LeaseRevoke { revision } => {
+                self.ctx.lessor.forget(id);
+                Ok(GrpcResponse::new(LeaseRevokeResponse {
+                    header: self.ctx.header(revision),
+                }))
+            }
+            other => Err(Status::internal(format!("unexpected response {other:?}"))),
+        }
+    }
+
+    type LeaseKeepAliveStream = KeepAliveStream;
+
+    async fn lease_keep_alive(
+        &self,
+        request: GrpcRequest<Streaming<LeaseKeepAliveRequest>>,
+    ) -> Result<GrpcResponse<Self::LeaseKeepAliveStream>, Status> {
+        let ctx = self.ctx.clone();
+        let mut inbound = request.into_inner();
+        let stop = self.stop.clone();
+        let out = async_stream(move |tx| async move {
+            loop {
+                let req = tokio::select! {
+                    req = inbound.next() => req,
+                    _ = stop.cancelled() => break,
+                };
+                let Some(Ok(req)) = req else { break };
+                let state = ctx.log.state();
+                // etcd answers an unknown or expired lease with TTL 0, not an error.
+                let ttl = ctx.lessor.renew(&state, req.id).unwrap_or(0);
+                let resp = LeaseKeepAliveResponse {
+                    header: ctx.header(state.revision),
+                    id: req.id,
+                    ttl,
+                };
+                if tx.send(Ok(resp)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(GrpcResponse::new(Box::pin(out)))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: GrpcRequest<LeaseTimeToLiveRequest>,
+    ) -> Result<GrpcResponse<LeaseTimeToLiveResponse>, Status> {
+        let r = request.into_inner();
+        let state = self.ctx.log.state();
+        let resp = match self.ctx.lessor.remaining(&state, r.id) {
+            Some((ttl, granted)) => LeaseTimeToLiveResponse {
+                header: self.ctx.header(state.revision),
+                id: r.id,
+                ttl,
+                granted_ttl: granted,
+                keys: if r.keys {
+                    state.lease_keys(r.id).cloned().collect()
+                } else {
+                    vec![]
+                },
+            },
+            // etcd reports a missing lease as TTL -1.
+            None => LeaseTimeToLiveResponse {
+                header: self.ctx.header(state.revision),
+                id: r.id,
+                ttl: -1,
+                granted_ttl: 0,
+                keys: vec![],
+            },
+        };
+        Ok(GrpcResponse::new(resp))
+    }
+
+    async fn lease_leases(
+        &self,
+        _request: GrpcRequest<LeaseLeasesRequest>,
+    ) -> Result<GrpcResponse<LeaseLeasesResponse>, Status> {
+        let state = self.ctx.log.state();
+        Ok(GrpcResponse::new(LeaseLeasesResponse {
+            header: self.ctx.header(state.revision),
+            leases: state.leases().map(|l| LeaseStatus { id: l.id }).collect(),
+        }))
+    }
+}
+
+/// A response stream fed by a task: `f` gets the sending half of a bounded channel.
+pub fn async_stream<T, F, Fut>(f: F) -> impl Stream<Item = Result<T, Status>> + Send + 'static
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<T, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(f(tx));
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}

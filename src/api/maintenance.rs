@@ -1,0 +1,101 @@
+//! etcd's Maintenance service. Status reports a 3.5 version string because
+//! kube-apiserver enables watch progress requests (consistent reads from cache) only for
+//! etcd ≥ 3.5.13, and Netsy implements what those need.
+
+use super::{errors, Context};
+use crate::proto::etcdserverpb::maintenance_server::Maintenance;
+use crate::proto::etcdserverpb::*;
+use futures::Stream;
+use std::pin::Pin;
+use tonic::{Request, Response, Status};
+
+/// The etcd API version Netsy answers as.
+pub const ETCD_VERSION: &str = "3.5.17";
+
+pub struct MaintenanceService {
+    ctx: Context,
+}
+
+impl MaintenanceService {
+    pub fn new(ctx: Context) -> Self {
+        Self { ctx }
+    }
+}
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(&self, _r: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        // No alarm can be raised: space is the bucket's, corruption stops recovery.
+        let state = self.ctx.log.state();
+        Ok(Response::new(AlarmResponse {
+            header: self.ctx.header(state.revision),
+            alarms: vec![],
+        }))
+    }
+
+    async fn status(&self, _r: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let state = self.ctx.log.state();
+        let term = self.ctx.ids.term.load(std::sync::atomic::Ordering::Relaxed);
+        Ok(Response::new(StatusResponse {
+            header: self.ctx.header(state.revision),
+            version: ETCD_VERSION.to_string(),
+            db_size: state.bytes(),
+            leader: self.ctx.ids.member_id,
+            raft_index: state.revision as u64,
+            raft_term: term,
+            raft_applied_index: state.revision as u64,
+            errors: vec![],
+            db_size_in_use: state.bytes(),
+            is_learner: false,
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _r: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        // Nothing to defragment: memory is freed by compaction.
+        let state = self.ctx.log.state();
+        Ok(Response::new(DefragmentResponse {
+            header: self.ctx.header(state.revision),
+        }))
+    }
+
+    async fn hash(&self, _r: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        Err(errors::unimplemented("Maintenance.Hash"))
+    }
+
+    async fn hash_kv(
+        &self,
+        _r: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        Err(errors::unimplemented("Maintenance.HashKV"))
+    }
+
+    type SnapshotStream = SnapshotStream;
+
+    async fn snapshot(
+        &self,
+        _r: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(errors::unimplemented(
+            "Maintenance.Snapshot (a bbolt snapshot; Netsy's snapshots are .netsy objects in the bucket)",
+        ))
+    }
+
+    async fn move_leader(
+        &self,
+        _r: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        Err(errors::unimplemented("Maintenance.MoveLeader"))
+    }
+
+    async fn downgrade(
+        &self,
+        _r: Request<DowngradeRequest>,
+    ) -> Result<Response<DowngradeResponse>, Status> {
+        Err(errors::unimplemented("Maintenance.Downgrade"))
+    }
+}

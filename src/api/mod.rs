@@ -1,0 +1,176 @@
+//! The etcd v3 gRPC API over the engine: one module per etcd service.
+//!
+//! This is the only place that speaks gRPC. Requests are validated first (with etcd's exact
+//! errors, which clients match by message text), then reads go straight to the published
+//! state and writes to the log. Engine errors are typed enums inside and become
+//! `tonic::Status` here.
+
+pub mod auth;
+pub mod cluster;
+pub mod kv;
+pub mod lease;
+pub mod maintenance;
+pub mod validate;
+pub mod watch;
+
+use crate::log::{Log, WriteError};
+use crate::mvcc;
+use crate::proto::etcdserverpb::ResponseHeader;
+use std::sync::Arc;
+use tonic::{Code, Status};
+
+/// What every service needs: the log, and the identity that goes in response headers.
+#[derive(Clone)]
+pub struct Context {
+    pub log: Log,
+    pub ids: Ids,
+    pub limits: Limits,
+    pub lessor: Arc<crate::lease::Lessor>,
+}
+
+/// Identity reported in headers and by Cluster/Maintenance.
+#[derive(Debug, Clone)]
+pub struct Ids {
+    pub cluster_id: u64,
+    pub member_id: u64,
+    pub name: String,
+    pub client_urls: Vec<String>,
+    /// The leader lease term, reported as raft_term.
+    pub term: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Request limits, as etcd's flags of the same meaning.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `--max-request-bytes` (default 1.5 MiB).
+    pub max_request_bytes: usize,
+    /// `--max-txn-ops` (default 128).
+    pub max_txn_ops: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: 1536 * 1024,
+            max_txn_ops: 128,
+        }
+    }
+}
+
+impl Context {
+    /// A response header at `revision`.
+    pub fn header(&self, revision: i64) -> Option<ResponseHeader> {
+        Some(ResponseHeader {
+            cluster_id: self.ids.cluster_id,
+            member_id: self.ids.member_id,
+            revision,
+            raft_term: self.ids.term.load(std::sync::atomic::Ordering::Relaxed),
+        })
+    }
+
+    /// Completes a header the engine filled with a revision only.
+    pub fn fill(&self, header: &mut Option<ResponseHeader>) {
+        let rev = header.as_ref().map_or(0, |h| h.revision);
+        *header = self.header(rev);
+    }
+}
+
+/// etcd's gRPC errors, with the codes and messages its clients match.
+pub mod errors {
+    use tonic::{Code, Status};
+
+    pub fn empty_key() -> Status {
+        Status::new(Code::InvalidArgument, "etcdserver: key is not provided")
+    }
+    pub fn key_not_found() -> Status {
+        Status::new(Code::InvalidArgument, "etcdserver: key not found")
+    }
+    pub fn value_provided() -> Status {
+        Status::new(Code::InvalidArgument, "etcdserver: value is provided")
+    }
+    pub fn lease_provided() -> Status {
+        Status::new(Code::InvalidArgument, "etcdserver: lease is provided")
+    }
+    pub fn too_many_ops() -> Status {
+        Status::new(
+            Code::InvalidArgument,
+            "etcdserver: too many operations in txn request",
+        )
+    }
+    pub fn duplicate_key() -> Status {
+        Status::new(
+            Code::InvalidArgument,
+            "etcdserver: duplicate key given in txn request",
+        )
+    }
+    pub fn invalid_sort_option() -> Status {
+        Status::new(Code::InvalidArgument, "etcdserver: invalid sort option")
+    }
+    pub fn request_too_large() -> Status {
+        Status::new(Code::InvalidArgument, "etcdserver: request is too large")
+    }
+    pub fn compacted() -> Status {
+        Status::new(
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision has been compacted",
+        )
+    }
+    pub fn future_rev() -> Status {
+        Status::new(
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision is a future revision",
+        )
+    }
+    pub fn lease_not_found() -> Status {
+        Status::new(Code::NotFound, "etcdserver: requested lease not found")
+    }
+    pub fn lease_exists() -> Status {
+        Status::new(Code::FailedPrecondition, "etcdserver: lease already exists")
+    }
+    pub fn lease_ttl_too_large() -> Status {
+        Status::new(Code::OutOfRange, "etcdserver: too large lease TTL")
+    }
+    pub fn no_leader() -> Status {
+        Status::new(Code::Unavailable, "etcdserver: no leader")
+    }
+    pub fn stopped() -> Status {
+        Status::new(Code::Unavailable, "etcdserver: server stopped")
+    }
+    pub fn unimplemented(what: &str) -> Status {
+        Status::new(
+            Code::Unimplemented,
+            format!("netsy: {what} is not supported (see README: differences from etcd)"),
+        )
+    }
+}
+
+impl From<mvcc::Error> for Status {
+    fn from(e: mvcc::Error) -> Self {
+        match e {
+            mvcc::Error::Compacted => errors::compacted(),
+            mvcc::Error::FutureRevision => errors::future_rev(),
+            mvcc::Error::LeaseNotFound => errors::lease_not_found(),
+            mvcc::Error::LeaseExists => errors::lease_exists(),
+            mvcc::Error::KeyNotFound => errors::key_not_found(),
+            mvcc::Error::Inconsistent { .. } => Status::new(Code::Internal, e.to_string()),
+        }
+    }
+}
+
+impl From<WriteError> for Status {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Mvcc(m) => m.into(),
+            WriteError::NotLeader | WriteError::Fenced { .. } | WriteError::LeaseExpired => {
+                // Retryable: the client tries again (or elsewhere) once a leader serves.
+                Status::new(Code::Unavailable, format!("etcdserver: no leader ({e})"))
+            }
+            WriteError::Store { .. } => Status::new(
+                Code::Unavailable,
+                format!("etcdserver: request timed out ({e})"),
+            ),
+            WriteError::TooLarge(_) => errors::request_too_large(),
+            WriteError::Shutdown => errors::stopped(),
+        }
+    }
+}

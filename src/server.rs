@@ -1,0 +1,286 @@
+//! Wiring: `serve(config, shutdown)` is the library's entry point; `main` only parses flags.
+//!
+//! Start-up order matters: take the leader lease first, then replay the bucket, so that
+//! the replay sees every chunk the previous leader could have acknowledged. Only then does
+//! the gRPC port answer. If the writer is fenced (another writer extended the log) the
+//! supervisor rejects writes, waits for the lease again, reloads and carries on.
+
+use crate::api::{self, Context, Ids, Limits};
+use crate::lease::Lessor;
+use crate::log::leader::{Leader, LeaderError, LeaderTiming};
+use crate::log::recovery::recover;
+use crate::log::{run_writer, Log, Queue, WriteError, WriterConfig, WriterExit};
+use crate::proto::etcdserverpb;
+use crate::store::{self, DynStore, StoreOptions};
+use anyhow::Context as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Object store URL: `file:///dir`, a directory path, `s3://bucket/prefix`, `memory://`.
+    pub store: String,
+    pub store_options: StoreOptions,
+    pub listen_client_addr: SocketAddr,
+    /// Reported by Cluster.MemberList; defaults to `http://{listen_client_addr}`.
+    pub advertise_client_urls: Vec<String>,
+    pub name: String,
+    pub leader: LeaderTiming,
+    pub writer: WriterConfig,
+    pub limits: Limits,
+    pub progress_notify_interval: Duration,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            store: "data".into(),
+            store_options: StoreOptions::default(),
+            listen_client_addr: ([127, 0, 0, 1], 2379).into(),
+            advertise_client_urls: vec![],
+            name: "netsy".into(),
+            leader: LeaderTiming::default(),
+            writer: WriterConfig::default(),
+            limits: Limits::default(),
+            progress_notify_interval: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+fn id_of(s: &str) -> u64 {
+    // etcd ids are non-zero u64s; keep them positive for tools that print them signed.
+    (crate::format::crc64(s.as_bytes()) >> 1).max(1)
+}
+
+/// Runs Netsy until `shutdown` is cancelled.
+pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let store = store::open(&config.store, &config.store_options)
+        .await
+        .with_context(|| format!("opening store {}", config.store))?;
+    let listener = tokio::net::TcpListener::bind(config.listen_client_addr)
+        .await
+        .with_context(|| format!("binding --listen-client-addr {}", config.listen_client_addr))?;
+    let local = listener.local_addr()?;
+    tracing::info!(store = %store.describe(), addr = %local, "starting");
+
+    let holder = format!("{}-{:08x}", config.name, rand::random::<u32>());
+    let leader = match Leader::acquire(store.clone(), &holder, config.leader, &shutdown).await {
+        Ok(l) => l,
+        Err(LeaderError::Shutdown) => return Ok(()),
+        Err(e) => return Err(e).context("acquiring the leader lease"),
+    };
+    let leader_ms = started.elapsed().as_millis() as u64;
+    let recovered = recover(store.as_ref())
+        .await
+        .context("recovering from the bucket")?;
+    tracing::info!(
+        revision = recovered.state.revision,
+        compact_revision = recovered.state.compact_revision,
+        keys = recovered.state.keys_count(),
+        snapshot = recovered.snapshot.as_ref().map(|s| s.0.as_str()),
+        chunks = recovered.chunks,
+        records = recovered.records,
+        bytes = recovered.bytes,
+        leader_ms,
+        replay_ms = recovered.elapsed.as_millis() as u64,
+        "recovered"
+    );
+
+    let term = Arc::new(AtomicU64::new(leader.term()));
+    let (log, queue) = Log::new(recovered.state, 10_000);
+    let lessor = Arc::new(Lessor::default());
+    let ids = Ids {
+        cluster_id: id_of(&store.describe()),
+        member_id: id_of(&format!("{}@{}", config.name, local)),
+        name: config.name.clone(),
+        client_urls: if config.advertise_client_urls.is_empty() {
+            vec![format!("http://{local}")]
+        } else {
+            config.advertise_client_urls.clone()
+        },
+        term: term.clone(),
+    };
+    let ctx = Context {
+        log: log.clone(),
+        ids,
+        limits: config.limits,
+        lessor: lessor.clone(),
+    };
+
+    let writer_stop = CancellationToken::new();
+    let supervisor = tokio::spawn(supervise(
+        log.clone(),
+        queue,
+        store.clone(),
+        leader,
+        holder,
+        config.clone(),
+        recovered.next,
+        term,
+        lessor.clone(),
+        writer_stop.clone(),
+    ));
+    let expiry = {
+        let (lessor, log, stop) = (lessor.clone(), log.clone(), writer_stop.clone());
+        tokio::spawn(async move { lessor.run_expiry(log, stop).await })
+    };
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<etcdserverpb::kv_server::KvServer<api::kv::KvService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building reflection service")?;
+    let max_msg = config.limits.max_request_bytes + 512 * 1024;
+    let streams_stop = shutdown.clone();
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(
+            etcdserverpb::kv_server::KvServer::new(api::kv::KvService::new(ctx.clone()))
+                .max_decoding_message_size(max_msg)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            etcdserverpb::watch_server::WatchServer::new(api::watch::WatchService::new(
+                ctx.clone(),
+                config.progress_notify_interval,
+                streams_stop.clone(),
+            ))
+            .max_decoding_message_size(max_msg)
+            .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(etcdserverpb::lease_server::LeaseServer::new(
+            api::lease::LeaseService::new(ctx.clone(), streams_stop.clone()),
+        ))
+        .add_service(etcdserverpb::maintenance_server::MaintenanceServer::new(
+            api::maintenance::MaintenanceService::new(ctx.clone()),
+        ))
+        .add_service(etcdserverpb::cluster_server::ClusterServer::new(
+            api::cluster::ClusterService::new(ctx.clone()),
+        ))
+        .add_service(etcdserverpb::auth_server::AuthServer::new(
+            api::auth::AuthService,
+        ))
+        .add_service(health_service)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown.clone().cancelled_owned(),
+        );
+    tracing::info!(
+        addr = %local,
+        startup_ms = started.elapsed().as_millis() as u64,
+        "serving etcd v3 API"
+    );
+    let server = tokio::spawn(server);
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    match tokio::time::timeout(config.shutdown_timeout, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server stopped with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server task failed"),
+        Err(_) => tracing::warn!("in-flight requests did not finish in time"),
+    }
+    writer_stop.cancel();
+    let _ = expiry.await;
+    let _ = supervisor.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Owns writing: runs the writer while this node leads, re-acquires and reloads after it
+/// is fenced, releases the lease on shutdown.
+#[allow(clippy::too_many_arguments)]
+async fn supervise(
+    log: Log,
+    mut queue: Queue,
+    store: DynStore,
+    mut leader: Leader,
+    holder: String,
+    config: Config,
+    mut next: crate::log::layout::Position,
+    term: Arc<AtomicU64>,
+    lessor: Arc<Lessor>,
+    stop: CancellationToken,
+) {
+    loop {
+        let renew_stop = CancellationToken::new();
+        let renewer = {
+            let (leader, renew_stop) = (leader.clone(), renew_stop.clone());
+            tokio::spawn(async move { leader.keep_renewed(renew_stop).await })
+        };
+        let exit = run_writer(
+            &log,
+            &mut queue,
+            &store,
+            &leader,
+            &config.writer,
+            next,
+            &stop,
+        )
+        .await;
+        renew_stop.cancel();
+        let renewal = renewer.await;
+        match exit {
+            WriterExit::Shutdown | WriterExit::Closed => {
+                queue.reject_pending(&WriteError::Shutdown);
+                if let Err(e) = leader.release().await {
+                    tracing::warn!(error = %e, "could not release the leader lease");
+                }
+                return;
+            }
+            WriterExit::Fenced(reason) => {
+                tracing::error!(
+                    reason = %reason,
+                    renewal = ?renewal.ok(),
+                    "stopped writing; waiting to lead again, then reloading from the bucket"
+                );
+            }
+        }
+        // Not leading: refuse writes until the lease and a fresh replay are ours again.
+        let rejected = WriteError::NotLeader;
+        loop {
+            let acquire = Leader::acquire(store.clone(), &holder, config.leader, &stop);
+            tokio::pin!(acquire);
+            let acquired = loop {
+                tokio::select! {
+                    res = &mut acquire => break res,
+                    more = queue.reject_next(&rejected) => if !more { return },
+                }
+            };
+            match acquired {
+                Ok(l) => leader = l,
+                Err(LeaderError::Shutdown) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, "acquiring the leader lease failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+            match recover(store.as_ref()).await {
+                Ok(rec) => {
+                    tracing::info!(revision = rec.state.revision, "reloaded from the bucket");
+                    next = rec.next;
+                    log.publish(rec.state);
+                    lessor.reset();
+                    term.store(leader.term(), Ordering::Relaxed);
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "reload failed; releasing leadership and retrying");
+                    let _ = leader.release().await;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}
