@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the etcd v3 API from a bucket.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Show a .netsy file (path, file:// or s3:// URL) and verify its CRCs.
     Inspect {
         /// Path or URL of the file.
@@ -204,7 +204,7 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log_format);
     let result = match cli.command {
-        Command::Serve(args) => match args.config() {
+        Command::Serve(args) => match (*args).config() {
             Ok(config) => {
                 let shutdown = CancellationToken::new();
                 let signal = shutdown.clone();
