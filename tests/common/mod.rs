@@ -48,3 +48,114 @@ pub async fn s3_store(name: &str) -> S3Store {
     }
     store
 }
+
+/// A `netsy serve` child process.
+pub struct Netsy {
+    pub child: std::process::Child,
+    pub addr: String,
+    pub store: String,
+    pub log_path: std::path::PathBuf,
+}
+
+/// A free loopback port (bound then released; good enough for tests on one machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Netsy {
+    /// Starts `netsy serve --store STORE` on a free port and waits until it answers.
+    pub async fn start(store: &str, extra: &[&str]) -> Netsy {
+        Self::start_on(store, free_port(), extra).await
+    }
+
+    pub async fn start_on(store: &str, port: u16, extra: &[&str]) -> Netsy {
+        let addr = format!("127.0.0.1:{port}");
+        let log_path =
+            std::env::temp_dir().join(format!("netsy-test-{port}-{:x}.log", rand::random::<u32>()));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_netsy"))
+            .args(["serve", "--store", store, "--listen-client-addr", &addr])
+            .args(extra)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env("NETSY_S3_ENDPOINT", s3_endpoint())
+            .env("NETSY_S3_FORCE_PATH_STYLE", "true")
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn netsy");
+        let mut n = Netsy {
+            child,
+            addr,
+            store: store.to_string(),
+            log_path,
+        };
+        n.wait_ready().await;
+        n
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("netsy exited early ({status}):\n{}", self.log());
+            }
+            if let Ok(mut c) = self.client().await {
+                if c.status().await.is_ok() {
+                    return;
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                panic!("netsy did not become ready:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn client(&self) -> Result<etcd_client::Client, etcd_client::Error> {
+        etcd_client::Client::connect(
+            [self.addr.as_str()],
+            Some(
+                etcd_client::ConnectOptions::new()
+                    .with_connect_timeout(Duration::from_secs(2))
+                    .with_timeout(Duration::from_secs(10)),
+            ),
+        )
+        .await
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        unsafe_sigterm(self.child.id());
+        self.child.wait().unwrap()
+    }
+}
+
+fn unsafe_sigterm(pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+}
+
+impl Drop for Netsy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
