@@ -179,6 +179,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     tracing::info!(
         addr = %local,
         startup_ms = started.elapsed().as_millis() as u64,
+        try_it = %format!("ETCDCTL_API=3 etcdctl --endpoints={local} put foo bar"),
         "serving etcd v3 API"
     );
     let server = tokio::spawn(server);
