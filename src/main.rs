@@ -106,6 +106,22 @@ struct ServeArgs {
     /// Most operations in one transaction (etcd's --max-txn-ops).
     #[arg(long, env = "NETSY_MAX_TXN_OPS", default_value_t = 128)]
     max_txn_ops: usize,
+    /// Snapshot after this many records were written since the last snapshot.
+    #[arg(long, env = "NETSY_SNAPSHOT_EVERY_RECORDS", default_value_t = 100_000)]
+    snapshot_every_records: u64,
+    /// Snapshot after this many chunk bytes were written since the last snapshot.
+    #[arg(long, env = "NETSY_SNAPSHOT_EVERY_BYTES", default_value_t = 256 * 1024 * 1024)]
+    snapshot_every_bytes: u64,
+    /// Snapshot when the last one is this old (seconds) and something changed.
+    #[arg(long, env = "NETSY_SNAPSHOT_MAX_AGE_SECONDS", default_value_t = 3600)]
+    snapshot_max_age_seconds: u64,
+    /// Delete chunks covered by a snapshot once it is this old (seconds); must far exceed
+    /// the leader lease.
+    #[arg(long, env = "NETSY_SNAPSHOT_GRACE_SECONDS", default_value_t = 600)]
+    snapshot_grace_seconds: u64,
+    /// Snapshots kept.
+    #[arg(long, env = "NETSY_SNAPSHOT_KEEP", default_value_t = 3)]
+    snapshot_keep: usize,
     /// Interval of progress notifications to idle watchers, in milliseconds.
     #[arg(
         long,
@@ -157,6 +173,16 @@ impl ServeArgs {
             (1024..=3 * 1024 * 1024).contains(&self.max_request_bytes),
             "--max-request-bytes must be between 1 KiB and 3 MiB (records must stay under the 4 MiB message limit)"
         );
+        anyhow::ensure!(
+            self.snapshot_grace_seconds >= 4 * self.leader_lease_seconds,
+            "--snapshot-grace-seconds ({}) must be at least 4 x --leader-lease-seconds ({}): a paused ex-leader must never see a deleted chunk key as free while its lease could be valid",
+            self.snapshot_grace_seconds,
+            self.leader_lease_seconds
+        );
+        anyhow::ensure!(
+            self.snapshot_keep >= 1,
+            "--snapshot-keep must be at least 1"
+        );
         let lease = Duration::from_secs(self.leader_lease_seconds);
         Ok(Config {
             store,
@@ -181,6 +207,14 @@ impl ServeArgs {
             progress_notify_interval: Duration::from_millis(
                 self.progress_notify_interval_ms.max(1),
             ),
+            snapshots: netsy::log::snapshot::SnapshotPolicy {
+                every_records: self.snapshot_every_records.max(1),
+                every_bytes: self.snapshot_every_bytes.max(1),
+                max_age: Duration::from_secs(self.snapshot_max_age_seconds.max(1)),
+                grace: Duration::from_secs(self.snapshot_grace_seconds),
+                keep: self.snapshot_keep,
+                ..Default::default()
+            },
             ..Default::default()
         })
     }

@@ -9,6 +9,7 @@ use crate::api::{self, Context, Ids, Limits};
 use crate::lease::Lessor;
 use crate::log::leader::{Leader, LeaderError, LeaderTiming};
 use crate::log::recovery::recover;
+use crate::log::snapshot::{self, SnapshotPolicy};
 use crate::log::{run_writer, Log, Queue, WriteError, WriterConfig, WriterExit};
 use crate::proto::etcdserverpb;
 use crate::store::{self, DynStore, StoreOptions};
@@ -34,6 +35,7 @@ pub struct Config {
     pub progress_notify_interval: Duration,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_timeout: Duration,
+    pub snapshots: SnapshotPolicy,
 }
 
 impl Default for Config {
@@ -49,6 +51,7 @@ impl Default for Config {
             limits: Limits::default(),
             progress_notify_interval: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),
+            snapshots: SnapshotPolicy::default(),
         }
     }
 }
@@ -123,6 +126,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         holder,
         config.clone(),
         recovered.next,
+        recovered.snapshot.as_ref().map(|s| s.1),
         term,
         lessor.clone(),
         writer_stop.clone(),
@@ -209,6 +213,7 @@ async fn supervise(
     holder: String,
     config: Config,
     mut next: crate::log::layout::Position,
+    mut last_snapshot: Option<i64>,
     term: Arc<AtomicU64>,
     lessor: Arc<Lessor>,
     stop: CancellationToken,
@@ -219,6 +224,14 @@ async fn supervise(
             let (leader, renew_stop) = (leader.clone(), renew_stop.clone());
             tokio::spawn(async move { leader.keep_renewed(renew_stop).await })
         };
+        let snapshotter = tokio::spawn(snapshot::run(
+            log.clone(),
+            store.clone(),
+            config.snapshots.clone(),
+            config.writer.leader_id.clone(),
+            last_snapshot,
+            renew_stop.clone(),
+        ));
         let exit = run_writer(
             &log,
             &mut queue,
@@ -230,6 +243,7 @@ async fn supervise(
         )
         .await;
         renew_stop.cancel();
+        let _ = snapshotter.await;
         let renewal = renewer.await;
         match exit {
             WriterExit::Shutdown | WriterExit::Closed => {
@@ -271,6 +285,7 @@ async fn supervise(
                 Ok(rec) => {
                     tracing::info!(revision = rec.state.revision, "reloaded from the bucket");
                     next = rec.next;
+                    last_snapshot = rec.snapshot.map(|s| s.1);
                     log.publish(rec.state);
                     lessor.reset();
                     term.store(leader.term(), Ordering::Relaxed);

@@ -13,6 +13,7 @@
 pub mod layout;
 pub mod leader;
 pub mod recovery;
+pub mod snapshot;
 mod writer;
 
 pub use writer::{run_writer, WriterConfig, WriterExit};
@@ -108,6 +109,15 @@ pub struct Log {
     state: Arc<ArcSwap<State>>,
     head: watch::Sender<i64>,
     queue: mpsc::Sender<Proposal>,
+    written: Arc<Written>,
+}
+
+/// What the writer has put in the bucket since start, for snapshot thresholds and metrics.
+#[derive(Debug, Default)]
+pub struct Written {
+    pub chunks: std::sync::atomic::AtomicU64,
+    pub records: std::sync::atomic::AtomicU64,
+    pub bytes: std::sync::atomic::AtomicU64,
 }
 
 /// The receiving side of the writer's queue, owned by whoever runs the writer.
@@ -143,6 +153,7 @@ impl Log {
                 state: Arc::new(ArcSwap::from_pointee(state)),
                 head,
                 queue: tx,
+                written: Arc::default(),
             },
             Queue(rx),
         )
@@ -158,6 +169,11 @@ impl Log {
         let rev = state.revision;
         self.state.store(Arc::new(state));
         self.head.send_replace(rev);
+    }
+
+    /// Counters of what the writer has written.
+    pub fn written(&self) -> &Written {
+        &self.written
     }
 
     /// A receiver that changes whenever a new state is published.

@@ -282,3 +282,232 @@ async fn gap_overlap_and_corruption_stop_recovery_with_the_object_named() {
         RecoveryError::Overlap { .. }
     ));
 }
+
+mod snapshots {
+    use super::*;
+    use crate::log::snapshot::{clean_up, write_snapshot};
+    use crate::proto::etcdserverpb::DeleteRangeRequest;
+    use std::time::Duration;
+
+    async fn busy_log(mem: std::sync::Arc<MemoryStore>) -> Running {
+        let r = start(mem).await;
+        let Response::LeaseGrant { id, .. } = r
+            .log
+            .write(Request::LeaseGrant { id: 7, ttl: 30 })
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        for i in 0..20 {
+            r.log
+                .write(put(&format!("k{}", i % 4), &format!("v{i}")))
+                .await
+                .unwrap();
+        }
+        r.log
+            .write(Request::Put(PutRequest {
+                key: Bytes::from_static(b"leased"),
+                lease: id,
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
+        r.log
+            .write(Request::DeleteRange(DeleteRangeRequest {
+                key: Bytes::from_static(b"k1"),
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
+        r.log.write(Request::Compact(10)).await.unwrap();
+        r
+    }
+
+    fn same(a: &crate::mvcc::State, b: &crate::mvcc::State) {
+        assert_eq!(a.revision, b.revision);
+        assert_eq!(a.compact_revision, b.compact_revision);
+        assert_eq!(a.to_records(), b.to_records());
+        assert_eq!(a.lease(7), b.lease(7));
+    }
+
+    #[tokio::test]
+    async fn snapshot_then_recovery_rebuilds_the_same_state_and_history() {
+        let mem = std::sync::Arc::new(MemoryStore::new());
+        let r = busy_log(mem.clone()).await;
+        let before = r.log.state();
+        write_snapshot(mem.as_ref(), before.clone(), "test")
+            .await
+            .unwrap();
+        // Writes after the snapshot come from chunks.
+        r.log.write(put("after", "1")).await.unwrap();
+        r.log
+            .write(Request::LeaseGrant { id: 8, ttl: 5 })
+            .await
+            .unwrap();
+        let head = r.log.state();
+        r.stop.cancel();
+        r.task.await.unwrap();
+        let gets_before = mem.calls(Op::Get);
+        let rec = recover(mem.as_ref()).await.unwrap();
+        assert_eq!(rec.snapshot.as_ref().unwrap().1, before.revision);
+        // Only chunks after the snapshot are read: the compaction's control chunk at
+        // (S + 1, 0) (it used no revision, so its name is above S; replaying it again is a
+        // no-op), the put at (S + 1, 1), the grant at (S + 2, 0).
+        assert_eq!(rec.chunks, 3);
+        assert_eq!(mem.calls(Op::Get) - gets_before, 4);
+        same(&rec.state, &head);
+        assert!(rec.state.lease(8).is_some());
+        // History above the compaction point survives: k0 at revision 11.
+        let at = rec
+            .state
+            .range(
+                &RangeRequest {
+                    key: Bytes::from_static(b"k0"),
+                    revision: 11,
+                    ..Default::default()
+                },
+                None,
+            )
+            .unwrap();
+        assert_eq!(at.kvs.len(), 1);
+        assert!(rec.state.check_revision(9).is_err());
+    }
+
+    #[tokio::test]
+    async fn clean_up_waits_for_the_grace_period_and_keeps_recovery_whole() {
+        let mem = std::sync::Arc::new(MemoryStore::new());
+        let r = busy_log(mem.clone()).await;
+        write_snapshot(mem.as_ref(), r.log.state(), "test")
+            .await
+            .unwrap();
+        r.log.write(put("after", "1")).await.unwrap();
+        let head = r.log.state();
+        let chunks_before = mem
+            .keys()
+            .iter()
+            .filter(|k| k.starts_with("chunks/"))
+            .count();
+        let none = clean_up(mem.as_ref(), Duration::from_secs(600), 3)
+            .await
+            .unwrap();
+        assert_eq!(none.chunks, 0, "a fresh snapshot must not free its chunks");
+        let cleaned = clean_up(mem.as_ref(), Duration::ZERO, 3).await.unwrap();
+        // All but the two named above the snapshot: the compaction at (S + 1, 0) and the put.
+        assert_eq!(cleaned.chunks, chunks_before - 2);
+        let rec = recover(mem.as_ref()).await.unwrap();
+        same(&rec.state, &head);
+        // More snapshots than `keep`: the oldest go.
+        for i in 0..3 {
+            r.log.write(put("more", &i.to_string())).await.unwrap();
+            write_snapshot(mem.as_ref(), r.log.state(), "test")
+                .await
+                .unwrap();
+        }
+        clean_up(mem.as_ref(), Duration::ZERO, 2).await.unwrap();
+        let snaps = mem
+            .keys()
+            .iter()
+            .filter(|k| k.starts_with("snapshots/"))
+            .count();
+        assert_eq!(snaps, 2);
+        same(&recover(mem.as_ref()).await.unwrap().state, &r.log.state());
+    }
+
+    #[tokio::test]
+    async fn a_paused_writer_whose_lease_ran_out_never_acknowledges() {
+        // Writer A's chunk PUT stalls past its lease (as if the process were SIGSTOPped
+        // mid-request). B takes over, writes the same log position, snapshots it and cleans
+        // up (grace 0 here, to reach the worst case: the key is free again). A's PUT then
+        // lands on the deleted key, but A must not acknowledge it, and recovery must serve
+        // B's history, not A's orphan.
+        let mem = std::sync::Arc::new(MemoryStore::new());
+        let store: DynStore = mem.clone();
+        let timing = LeaderTiming {
+            duration: Duration::from_millis(300),
+            margin: Duration::from_millis(50),
+        };
+        let stop = CancellationToken::new();
+        let a_leader = Leader::acquire(store.clone(), "a", timing, &stop)
+            .await
+            .unwrap();
+        let rec = recover(store.as_ref()).await.unwrap();
+        let (a_log, mut a_queue) = Log::new(rec.state, 16);
+        let (l, st, s) = (a_log.clone(), store.clone(), stop.clone());
+        let a_task = tokio::spawn(async move {
+            run_writer(
+                &l,
+                &mut a_queue,
+                &st,
+                &a_leader,
+                &WriterConfig::default(),
+                rec.next,
+                &s,
+            )
+            .await
+        });
+        // A's next PUT (its chunk) stalls for 1.5 s, far past its 300 ms lease.
+        mem.inject(Op::Put, 1, Fault::Delay(Duration::from_millis(1500)));
+        let a_write = tokio::spawn({
+            let a_log = a_log.clone();
+            async move { a_log.write(put("from-a", "1")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+
+        let b_leader = Leader::acquire(store.clone(), "b", timing, &stop)
+            .await
+            .unwrap();
+        let b_rec = recover(store.as_ref()).await.unwrap();
+        assert_eq!(b_rec.next, Position::new(2, 0));
+        let (b_log, mut b_queue) = Log::new(b_rec.state, 16);
+        let (l, st, s) = (b_log.clone(), store.clone(), stop.clone());
+        let b_task = tokio::spawn(async move {
+            run_writer(
+                &l,
+                &mut b_queue,
+                &st,
+                &b_leader,
+                &WriterConfig::default(),
+                b_rec.next,
+                &s,
+            )
+            .await
+        });
+        b_log.write(put("from-b", "1")).await.unwrap();
+        write_snapshot(mem.as_ref(), b_log.state(), "b")
+            .await
+            .unwrap();
+        clean_up(mem.as_ref(), Duration::ZERO, 3).await.unwrap();
+        let contested = chunk_key(Position::new(2, 0));
+        assert!(
+            !mem.keys().contains(&contested),
+            "clean-up should have freed {contested}"
+        );
+
+        let a_result = a_write.await.unwrap();
+        assert!(
+            matches!(a_result, Err(WriteError::LeaseExpired)),
+            "A acknowledged (or misreported) a write after its lease ran out: {a_result:?}"
+        );
+        assert!(matches!(a_task.await.unwrap(), WriterExit::Fenced(_)));
+        assert!(mem.keys().contains(&contested), "A's stalled PUT did land");
+
+        let rec = recover(store.as_ref()).await.unwrap();
+        let get = |k: &'static [u8]| {
+            rec.state
+                .range(
+                    &RangeRequest {
+                        key: Bytes::from_static(k),
+                        ..Default::default()
+                    },
+                    None,
+                )
+                .unwrap()
+                .count
+        };
+        assert_eq!((get(b"from-b"), get(b"from-a")), (1, 0));
+        assert_eq!(rec.state.revision, 2);
+        stop.cancel();
+        let _ = b_task.await;
+    }
+}

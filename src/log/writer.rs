@@ -278,6 +278,12 @@ pub async fn run_writer(
                     put_ms = started.elapsed().as_millis() as u64,
                     "committed chunk"
                 );
+                let w = log.written();
+                w.chunks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                w.records
+                    .fetch_add(records.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                w.bytes
+                    .fetch_add(size as u64, std::sync::atomic::Ordering::Relaxed);
                 next = if first_kv.is_some() {
                     Position::new(work.revision + 1, 0)
                 } else {

@@ -1,0 +1,229 @@
+//! Snapshots and clean-up.
+//!
+//! A snapshot is every retained version (tombstones included, so history and watch replay
+//! survive), every lease and the compacted revision, at one head revision S, written from
+//! an immutable published state: writers never wait for it. Recovery then skips every chunk
+//! named at or below S.
+//!
+//! Clean-up deletes chunks covered by a snapshot only once that snapshot is older than a
+//! grace period far longer than the leader lease. A writer that was paused holding a lease
+//! has, by then, seen its lease expire by its own clock long ago, so even if it wakes and
+//! re-creates a deleted chunk key it will not acknowledge the write (it checks its lease
+//! after every PUT), and recovery ignores chunks at or below the snapshot. The grace period
+//! also lets a node that is replaying (it listed the chunks a moment ago) fetch them. The
+//! newest `keep` snapshots are kept; older ones go with the chunks they cover.
+
+use super::layout;
+use super::Log;
+use crate::format::{self, FileMeta};
+use crate::mvcc::State;
+use crate::proto::netsy::FileKind;
+use crate::store::{DynStore, ObjectStore, PutMode, StoreError};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// When to snapshot and what to keep.
+#[derive(Debug, Clone)]
+pub struct SnapshotPolicy {
+    /// Snapshot after this many records were written since the last one.
+    pub every_records: u64,
+    /// ... or this many chunk bytes.
+    pub every_bytes: u64,
+    /// ... or when the last one is this old and something was written since.
+    pub max_age: Duration,
+    /// Covered chunks are deleted once their snapshot is this old.
+    pub grace: Duration,
+    /// Snapshots kept.
+    pub keep: usize,
+    /// How often thresholds and clean-up are checked.
+    pub check_every: Duration,
+}
+
+impl Default for SnapshotPolicy {
+    fn default() -> Self {
+        Self {
+            every_records: 100_000,
+            every_bytes: 256 * 1024 * 1024,
+            max_age: Duration::from_secs(3600),
+            grace: Duration::from_secs(600),
+            keep: 3,
+            check_every: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("encoding snapshot: {0}")]
+    Encode(String),
+}
+
+/// Writes a snapshot of `state`; returns its key. An existing snapshot at the same
+/// revision holds the same state, so finding one counts as success.
+pub async fn write_snapshot(
+    store: &dyn ObjectStore,
+    state: std::sync::Arc<State>,
+    leader_id: &str,
+) -> Result<String, SnapshotError> {
+    let key = layout::snapshot_key(state.revision);
+    let leader_id = leader_id.to_string();
+    let encoded = tokio::task::spawn_blocking(move || {
+        let mut records = state.to_records();
+        let meta = FileMeta {
+            leader_id,
+            created_at: Some(now_ts()),
+            compact_revision: state.compact_revision,
+            revision: state.revision,
+        };
+        format::encode(FileKind::Snapshot, &meta, &mut records).map(|b| (b, records.len()))
+    })
+    .await
+    .map_err(|e| SnapshotError::Encode(e.to_string()))?
+    .map_err(|e| SnapshotError::Encode(e.to_string()))?;
+    let (bytes, records) = encoded;
+    let size = bytes.len();
+    match store.put(&key, bytes.into(), PutMode::Create).await {
+        Ok(_) => {
+            tracing::info!(key, records, bytes = size, "wrote snapshot");
+            Ok(key)
+        }
+        Err(e) if e.is_conflict() => Ok(key),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn now_ts() -> prost_types::Timestamp {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    prost_types::Timestamp {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// What one clean-up pass deleted.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Cleaned {
+    pub chunks: usize,
+    pub snapshots: usize,
+}
+
+/// Deletes chunks covered by the newest snapshot older than `grace`, and snapshots beyond
+/// the newest `keep` (never the one that covers the deleted chunks).
+pub async fn clean_up(
+    store: &dyn ObjectStore,
+    grace: Duration,
+    keep: usize,
+) -> Result<Cleaned, StoreError> {
+    let now = now_ms();
+    let mut snapshots: Vec<(i64, String, i64)> = store
+        .list(layout::SNAPSHOTS, None)
+        .await?
+        .into_iter()
+        .filter_map(|m| layout::parse_snapshot_key(&m.key).map(|r| (r, m.key, m.last_modified_ms)))
+        .collect();
+    snapshots.sort();
+    let Some((covered, covering_key, _)) = snapshots
+        .iter()
+        .rev()
+        .find(|(_, _, modified)| now - modified >= grace.as_millis() as i64)
+        .cloned()
+    else {
+        return Ok(Cleaned::default());
+    };
+    let mut cleaned = Cleaned::default();
+    for m in store.list(layout::CHUNKS, None).await? {
+        // Every chunk named at or below the snapshot revision is covered: ours and the Go
+        // preview's are named by their first position, Netsy 1.0's by their last revision.
+        if let Some((rev, _)) = layout::parse_chunk_key(&m.key) {
+            if rev <= covered {
+                store.delete(&m.key).await?;
+                cleaned.chunks += 1;
+            }
+        }
+    }
+    let excess = snapshots.len().saturating_sub(keep.max(1));
+    for (rev, key, _) in snapshots.iter().take(excess) {
+        if *rev < covered && *key != covering_key {
+            store.delete(key).await?;
+            cleaned.snapshots += 1;
+        }
+    }
+    if cleaned != Cleaned::default() {
+        tracing::info!(
+            covered_by = covering_key,
+            chunks = cleaned.chunks,
+            snapshots = cleaned.snapshots,
+            "cleaned up"
+        );
+    }
+    Ok(cleaned)
+}
+
+/// Background snapshotter and cleaner, run by the leader. `start` is where recovery left
+/// the log (its snapshot revision counts as the last snapshot).
+pub async fn run(
+    log: Log,
+    store: DynStore,
+    policy: SnapshotPolicy,
+    leader_id: String,
+    last_snapshot: Option<i64>,
+    stop: CancellationToken,
+) {
+    let mut last_rev = last_snapshot.unwrap_or(0);
+    let mut last_at = Instant::now();
+    let mut base_records = log.written().records.load(Ordering::Relaxed);
+    let mut base_bytes = log.written().bytes.load(Ordering::Relaxed);
+    let mut tick = tokio::time::interval(policy.check_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let state = log.state();
+        let records = log.written().records.load(Ordering::Relaxed) - base_records;
+        let bytes = log.written().bytes.load(Ordering::Relaxed) - base_bytes;
+        tracing::debug!(
+            revision = state.revision,
+            last_rev,
+            records,
+            bytes,
+            "snapshot check"
+        );
+        let due = state.revision > last_rev
+            && (records >= policy.every_records
+                || bytes >= policy.every_bytes
+                || last_at.elapsed() >= policy.max_age);
+        if due {
+            let started = Instant::now();
+            match write_snapshot(store.as_ref(), state.clone(), &leader_id).await {
+                Ok(_) => {
+                    tracing::info!(
+                        revision = state.revision,
+                        ms = started.elapsed().as_millis() as u64,
+                        "snapshot done"
+                    );
+                    last_rev = state.revision;
+                    last_at = Instant::now();
+                    base_records += records;
+                    base_bytes += bytes;
+                }
+                Err(e) => tracing::warn!(error = %e, "snapshot failed; will retry"),
+            }
+        }
+        if let Err(e) = clean_up(store.as_ref(), policy.grace, policy.keep).await {
+            tracing::warn!(error = %e, "clean-up failed; will retry");
+        }
+    }
+}
