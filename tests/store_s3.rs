@@ -51,3 +51,19 @@ async fn s3_create_retried_after_landing_is_recognised() {
         .unwrap_err();
     assert!(other.is_conflict());
 }
+
+#[tokio::test]
+async fn s3_writes_with_sse_and_storage_class() {
+    let mut opts = common::s3_options(&common::unique_prefix("sse"));
+    opts.sse = Some("AES256".into());
+    opts.storage_class = Some("STANDARD_IA".into());
+    let store = netsy::store::s3::S3Store::connect(opts).await.unwrap();
+    store
+        .put("obj", Bytes::from_static(b"secret"), PutMode::Create)
+        .await
+        .unwrap();
+    assert_eq!(store.get("obj").await.unwrap().data, "secret");
+    let mut bad = common::s3_options("x");
+    bad.sse = Some("rot13".into());
+    assert!(netsy::store::s3::S3Store::connect(bad).await.is_err());
+}

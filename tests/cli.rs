@@ -1,0 +1,168 @@
+//! The `netsy` command line: `inspect` on good and corrupt files, the Go Netsy's S3
+//! environment names, and a second `netsy serve` on the same bucket waiting its turn.
+
+mod common;
+
+use common::Netsy;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const GO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/go-netsy");
+
+fn netsy(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_netsy"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn inspect_shows_a_go_file_and_exits_zero() {
+    let out = netsy(&["inspect", &format!("{GO}/chunk-plain.netsy")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("FILE_KIND_CHUNK"));
+    assert!(text.contains("/registry/pods/ns3/obj-0"));
+    assert!(text.contains("all CRCs verified"));
+
+    let out = netsy(&[
+        "inspect",
+        "--json",
+        &format!("file://{GO}/chunk-zstd.netsy"),
+    ]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let want: Vec<serde_json::Value> =
+        std::fs::read_to_string(format!("{GO}/chunk-zstd.records.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    assert_eq!(v["records"].as_array().unwrap(), &want);
+    assert_eq!(v["header"]["compression"], "FILE_COMPRESSION_ZSTD");
+}
+
+#[test]
+fn inspect_names_the_file_and_check_on_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut data = std::fs::read(format!("{GO}/chunk-plain.netsy")).unwrap();
+    data[200] ^= 0x01;
+    let bad = dir.path().join("bad.netsy");
+    std::fs::write(&bad, &data).unwrap();
+    let out = netsy(&["inspect", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("bad.netsy"), "{err}");
+    assert!(err.contains("crc mismatch"), "{err}");
+
+    let truncated = dir.path().join("short.netsy");
+    std::fs::write(&truncated, &data[..100]).unwrap();
+    let out = netsy(&["inspect", truncated.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8(out.stderr).unwrap().contains("truncated"));
+}
+
+#[test]
+fn invalid_config_fails_at_start_naming_the_option() {
+    let out = netsy(&["serve", "--leader-lease-seconds", "1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("--leader-lease-seconds"));
+    let out = netsy(&["serve", "--store", "ftp://nope"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("ftp://nope"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_netsy_s3_env_names_select_the_bucket_and_prefix() {
+    common::s3_store("probe").await;
+    let prefix = common::unique_prefix("envnames");
+    let port = common::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let log =
+        std::fs::File::create(std::env::temp_dir().join(format!("netsy-env-{port}.log"))).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_netsy"))
+        .arg("serve")
+        .env("NETSY_S3_BUCKET_NAME", common::s3_bucket())
+        .env("NETSY_S3_KEY_PREFIX", &prefix)
+        .env("NETSY_S3_FORCE_PATH_STYLE", "true")
+        .env("NETSY_S3_ENDPOINT", common::s3_endpoint())
+        .env("NETSY_LISTEN_CLIENTS_ADDR", &addr)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut client = loop {
+        if let Ok(mut c) = etcd_client::Client::connect([addr.as_str()], None).await {
+            if c.status().await.is_ok() {
+                break c;
+            }
+        }
+        assert!(Instant::now() < deadline, "netsy did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    client.put("from-env", "1", None).await.unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    // The chunk went to the bucket under the prefix.
+    use netsy::store::ObjectStore;
+    let store = netsy::store::s3::S3Store::connect(common::s3_options(&prefix))
+        .await
+        .unwrap();
+    let chunks = store.list("chunks/", None).await.unwrap();
+    assert_eq!(chunks.len(), 1, "{chunks:?}");
+    assert_eq!(chunks[0].key, "chunks/0002/0000000000000000002.netsy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_server_waits_then_takes_over_after_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("file://{}", dir.path().display());
+    let flags = ["--leader-lease-seconds", "3"];
+    let mut first = Netsy::start(&store, &flags).await;
+    first
+        .client()
+        .await
+        .unwrap()
+        .put("a", "1", None)
+        .await
+        .unwrap();
+
+    // The second process must not serve while the first holds the lease.
+    let port = common::free_port();
+    let second = tokio::spawn({
+        let store = store.clone();
+        async move { Netsy::start_on(&store, port, &flags).await }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !second.is_finished(),
+        "second server started while the first led"
+    );
+    first.kill9();
+    let second = tokio::time::timeout(Duration::from_secs(20), second)
+        .await
+        .expect("second server never took over")
+        .unwrap();
+    assert!(
+        second
+            .log()
+            .contains("another writer holds the leader lease"),
+        "{}",
+        second.log()
+    );
+    let mut c = second.client().await.unwrap();
+    assert_eq!(c.get("a", None).await.unwrap().kvs()[0].value(), b"1");
+    let put = c.put("b", "2", None).await.unwrap();
+    assert_eq!(put.header().unwrap().revision(), 3);
+}
