@@ -67,3 +67,48 @@ async fn s3_writes_with_sse_and_storage_class() {
     bad.sse = Some("rot13".into());
     assert!(netsy::store::s3::S3Store::connect(bad).await.is_err());
 }
+
+/// Through a proxy that throttles and loses responses: writes succeed exactly once.
+#[tokio::test]
+async fn s3_retries_throttling_and_recognises_a_put_whose_response_was_lost() {
+    use common::proxy::{FaultyProxy, ProxyFault};
+    let proxy = FaultyProxy::default();
+    let upstream = common::s3_endpoint()
+        .trim_start_matches("http://")
+        .to_string();
+    let endpoint = proxy.start(upstream).await;
+    let mut opts = common::s3_options(&common::unique_prefix("faults"));
+    opts.endpoint = Some(endpoint);
+    opts.max_attempts = Some(5);
+    let store = netsy::store::s3::S3Store::connect(opts).await.unwrap();
+
+    proxy.push(ProxyFault::SlowDown);
+    proxy.push(ProxyFault::SlowDown);
+    store
+        .put("a", Bytes::from_static(b"1"), PutMode::Create)
+        .await
+        .expect("throttled PUT is retried");
+
+    // The conditional PUT lands but its response is lost; the SDK retries, S3 answers 412,
+    // and the store recognises its own bytes instead of reporting a conflict.
+    proxy.push(ProxyFault::LoseResponse);
+    store
+        .put("b", Bytes::from_static(b"chunk"), PutMode::Create)
+        .await
+        .expect("a landed PUT must count as success");
+    assert_eq!(store.get("b").await.unwrap().data, "chunk");
+    assert_eq!(
+        *proxy.faulted.lock().unwrap(),
+        vec![
+            ProxyFault::SlowDown,
+            ProxyFault::SlowDown,
+            ProxyFault::LoseResponse
+        ]
+    );
+    // Someone else's bytes at that key are still a conflict.
+    let err = store
+        .put("b", Bytes::from_static(b"other"), PutMode::Create)
+        .await
+        .unwrap_err();
+    assert!(err.is_conflict());
+}

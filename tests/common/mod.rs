@@ -2,6 +2,8 @@
 //! and a `netsy serve` process started from the built binary.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use netsy::store::s3::{S3Options, S3Store};
 use std::time::Duration;
 
