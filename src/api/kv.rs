@@ -7,8 +7,8 @@ use crate::log::{Request, Response};
 use crate::mvcc::txn_is_read_only;
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::{
-    response_op, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
-    PutRequest, PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 use prost::Message;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
@@ -29,17 +29,10 @@ impl KvService {
         Ok(())
     }
 
+    /// Completes the top-level header only: etcd leaves the per-op headers with just the
+    /// revision the engine put there.
     fn fill_txn(&self, t: &mut TxnResponse) {
         self.ctx.fill(&mut t.header);
-        for op in &mut t.responses {
-            match &mut op.response {
-                Some(response_op::Response::ResponseRange(r)) => self.ctx.fill(&mut r.header),
-                Some(response_op::Response::ResponsePut(r)) => self.ctx.fill(&mut r.header),
-                Some(response_op::Response::ResponseDeleteRange(r)) => self.ctx.fill(&mut r.header),
-                Some(response_op::Response::ResponseTxn(r)) => self.fill_txn(r),
-                None => {}
-            }
-        }
     }
 }
 

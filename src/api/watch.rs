@@ -215,8 +215,9 @@ impl StreamTask {
                     Sync::Idle => break,
                     Sync::Compacted(compact_revision) => {
                         self.watchers.remove(&id);
+                        // etcd's compaction cancel carries no revision in its header.
                         self.send(WatchResponse {
-                            header: self.ctx.header(state.revision),
+                            header: self.ctx.header(0),
                             watch_id: id,
                             canceled: true,
                             compact_revision,

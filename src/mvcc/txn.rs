@@ -256,14 +256,19 @@ fn header(revision: i64) -> Option<ResponseHeader> {
 }
 
 /// Fills the per-op headers of a transaction response with the revision after it
-/// (Kubernetes reads `ResponsePut.Header.Revision` and needs delete headers non-nil).
-fn fill_headers(resp: &mut TxnResponse, rev: i64) {
-    resp.header = header(rev);
+/// (Kubernetes reads `ResponsePut.Header.Revision` and needs delete headers non-nil). As in
+/// etcd, a nested transaction's own header is present but empty.
+fn fill_headers(resp: &mut TxnResponse, rev: i64, nested: bool) {
+    resp.header = if nested {
+        Some(ResponseHeader::default())
+    } else {
+        header(rev)
+    };
     for op in &mut resp.responses {
         match &mut op.response {
             Some(response_op::Response::ResponsePut(p)) => p.header = header(rev),
             Some(response_op::Response::ResponseDeleteRange(d)) => d.header = header(rev),
-            Some(response_op::Response::ResponseTxn(t)) => fill_headers(t, rev),
+            Some(response_op::Response::ResponseTxn(t)) => fill_headers(t, rev, true),
             Some(response_op::Response::ResponseRange(_)) | None => {}
         }
     }
@@ -278,7 +283,7 @@ impl State {
         eval.path(t, &mut path);
         let mut response = eval.txn(t, &mut path.iter())?;
         let records = std::mem::take(&mut eval.records);
-        fill_headers(&mut response, work.revision);
+        fill_headers(&mut response, work.revision, false);
         *self = work;
         Ok(Evaluated { response, records })
     }

@@ -161,3 +161,61 @@ impl Drop for Netsy {
         let _ = self.child.wait();
     }
 }
+
+/// A real etcd (the Debian `etcd-server` package, 3.4) on free loopback ports.
+pub struct Etcd {
+    pub child: std::process::Child,
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    pub async fn start() -> Etcd {
+        let dir = tempfile::tempdir().unwrap();
+        let (client, peer) = (free_port(), free_port());
+        let addr = format!("127.0.0.1:{client}");
+        let child = std::process::Command::new("etcd")
+            .args([
+                "--name",
+                "diff",
+                "--data-dir",
+                dir.path().join("data").to_str().unwrap(),
+                "--listen-client-urls",
+                &format!("http://{addr}"),
+                "--advertise-client-urls",
+                &format!("http://{addr}"),
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+                "--initial-cluster",
+                &format!("diff=http://127.0.0.1:{peer}"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("etcd is not installed (apt-get install etcd-server; scripts/test.sh does it)");
+        let e = Etcd {
+            child,
+            addr,
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(mut c) = etcd_client::Client::connect([e.addr.as_str()], None).await {
+                if c.get("probe", None).await.is_ok() {
+                    return e;
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "etcd did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
