@@ -107,11 +107,26 @@ struct Diff {
 
 type Outcome<T> = Result<T, (tonic::Code, String)>;
 
+#[derive(Clone, Copy)]
+enum Backend {
+    File,
+    S3,
+}
+
 impl Diff {
-    async fn start() -> Diff {
+    async fn start(backend: Backend) -> Diff {
         let etcd = Etcd::start().await;
-        let dir = tempfile::tempdir().unwrap();
-        let store = format!("file://{}", dir.keep().display());
+        let store = match backend {
+            Backend::File => format!("file://{}", tempfile::tempdir().unwrap().keep().display()),
+            Backend::S3 => {
+                common::s3_store("probe").await;
+                format!(
+                    "s3://{}/{}",
+                    common::s3_bucket(),
+                    common::unique_prefix("diff")
+                )
+            }
+        };
         let netsy = Netsy::start(&store, &["--progress-notify-interval-ms", "60000"]).await;
         Diff {
             etcd: Side::connect(&etcd.addr).await,
@@ -219,7 +234,16 @@ fn cmp(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_matches_etcd() {
-    let mut d = Diff::start().await;
+    kv_matches(Backend::File).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_matches_etcd_on_s3() {
+    kv_matches(Backend::S3).await;
+}
+
+async fn kv_matches(backend: Backend) {
+    let mut d = Diff::start(backend).await;
     use compare::{CompareResult as R, CompareTarget as T, TargetUnion as U};
 
     d.both(
@@ -741,7 +765,16 @@ async fn kv_matches_etcd() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_match_etcd() {
-    let mut d = Diff::start().await;
+    leases_match(Backend::File).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_match_etcd_on_s3() {
+    leases_match(Backend::S3).await;
+}
+
+async fn leases_match(backend: Backend) {
+    let mut d = Diff::start(backend).await;
     d.both("grant", |mut s| async move {
         s.lease
             .lease_grant(LeaseGrantRequest { ttl: 60, id: 1000 })
@@ -912,7 +945,16 @@ async fn watch_events(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_matches_etcd() {
-    let mut d = Diff::start().await;
+    watch_matches(Backend::File).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_matches_etcd_on_s3() {
+    watch_matches(Backend::S3).await;
+}
+
+async fn watch_matches(backend: Backend) {
+    let mut d = Diff::start(backend).await;
     for i in 0..5 {
         d.both("put", |mut s| async move {
             s.kv.put(put(&format!("w/{}", i % 2), &i.to_string())).await
