@@ -38,10 +38,15 @@ pub enum Sync {
 
 /// Most revisions one response carries while a watcher catches up (etcd's batch size).
 pub const MAX_REVISIONS_PER_BATCH: i64 = 1000;
+/// A response stops growing at the first revision boundary past this many bytes of keys
+/// and values, so it stays well inside the 4 MiB receive limit common to gRPC clients.
+/// One revision's events are never split (unless the watcher asked for fragments).
+pub const BATCH_BYTES: usize = 1024 * 1024;
 
 impl Watcher {
     /// Advances the watcher over `state`, returning at most
-    /// [`MAX_REVISIONS_PER_BATCH`] revisions of events; call again until `Idle`.
+    /// [`MAX_REVISIONS_PER_BATCH`] revisions and about [`BATCH_BYTES`] of events; call again
+    /// until `Idle`.
     pub fn sync(&mut self, state: &State) -> Sync {
         if self.next > state.revision {
             return Sync::Idle;
@@ -53,7 +58,13 @@ impl Watcher {
             .revision
             .min(self.next.saturating_add(MAX_REVISIONS_PER_BATCH - 1));
         let mut events = Vec::new();
+        let mut bytes = 0usize;
+        let mut last = to;
         for (rev, keys) in state.changes(self.next, to) {
+            if bytes >= BATCH_BYTES {
+                last = rev - 1;
+                break;
+            }
             for key in keys.iter() {
                 if !self.range.contains(key) {
                     continue;
@@ -68,12 +79,21 @@ impl Watcher {
                 if self.prev_kv {
                     event.prev_kv = prev;
                 }
+                bytes += event_bytes(&event);
                 events.push(event);
             }
         }
-        self.next = to + 1;
+        self.next = last + 1;
         Sync::Events(events)
     }
+}
+
+fn event_bytes(e: &mvccpb::Event) -> usize {
+    let kv = |kv: &Option<mvccpb::KeyValue>| {
+        kv.as_ref()
+            .map_or(0, |kv| kv.key.len() + kv.value.len() + 32)
+    };
+    kv(&e.kv) + kv(&e.prev_kv)
 }
 
 #[cfg(test)]
@@ -133,6 +153,27 @@ mod tests {
             panic!()
         };
         assert_eq!(ev.len(), 1);
+    }
+
+    #[test]
+    fn catch_up_batches_are_bounded_by_bytes_at_revision_boundaries() {
+        let mut st = State::new();
+        let big = "x".repeat(100 * 1024);
+        for i in 0..30 {
+            put(&mut st, &format!("k{i}"), &big);
+        }
+        let mut w = watcher("k", "l", 2);
+        let mut sizes = Vec::new();
+        loop {
+            match w.sync(&st) {
+                Sync::Events(ev) => sizes.push(ev.len()),
+                Sync::Idle => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(sizes.iter().sum::<usize>(), 30);
+        assert!(sizes.len() >= 3, "{sizes:?}");
+        assert!(sizes.iter().all(|n| *n <= 11), "{sizes:?}");
     }
 
     #[test]
