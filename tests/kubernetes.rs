@@ -28,7 +28,7 @@ async fn writer(mut c: Client, w: usize, stop: Arc<AtomicBool>) -> usize {
     let mut i = 0usize;
     while !stop.load(Ordering::Relaxed) {
         i += 1;
-        if i % 50 == 0 {
+        if i.is_multiple_of(50) {
             // A new lease per batch of events, as the apiserver's lease manager does.
             lease = c.lease_grant(3600, None).await.unwrap().id();
         }
@@ -54,7 +54,7 @@ async fn writer(mut c: Client, w: usize, stop: Arc<AtomicBool>) -> usize {
                 };
                 known.insert(key, rev);
             }
-            Some(rev) if i % 7 == 0 => {
+            Some(rev) if i.is_multiple_of(7) => {
                 let txn = Txn::new()
                     .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, rev)])
                     .and_then([TxnOp::delete(key.as_str(), None)])
