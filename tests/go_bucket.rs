@@ -106,6 +106,141 @@ async fn check_serves_expected(n: &Netsy) {
     assert_eq!(put.header().unwrap().revision(), 201);
 }
 
+/// Every record of the Go bucket, in revision order (snapshot, then chunks).
+async fn go_records() -> Vec<netsy::proto::netsy::Record> {
+    let local = netsy::store::local::LocalStore::open(BUCKET).unwrap();
+    let mut out = Vec::new();
+    for m in local.list("", None).await.unwrap() {
+        let data = local.get(&m.key).await.unwrap().data;
+        out.extend(netsy::format::decode(&m.key, &data).unwrap().records);
+    }
+    out.sort_by_key(|r| r.revision);
+    out
+}
+
+/// A Netsy 1.0 chunk: several records, named by its LAST revision.
+async fn put_v1_chunk(store: &dyn ObjectStore, records: &[netsy::proto::netsy::Record]) {
+    let mut records = records.to_vec();
+    let bytes = netsy::format::encode(
+        netsy::proto::netsy::FileKind::Chunk,
+        &Default::default(),
+        &mut records,
+    )
+    .unwrap();
+    let last = records.last().unwrap().revision;
+    let key = format!("chunks/{:04}/{last:019}.netsy", last % 10_000);
+    store
+        .put(&key, bytes.into(), PutMode::Create)
+        .await
+        .unwrap();
+}
+
+/// Shapes of bucket that must all serve `bucket.expected.json`.
+#[derive(Clone, Copy, Debug)]
+enum Shape {
+    /// Netsy 1.0: no snapshot, multi-record chunks keyed by last revision.
+    V1,
+    /// The Go preview's snapshot, preview chunks for 151-170, 1.0 chunks for 171-200.
+    Mixed,
+}
+
+async fn build(store: &dyn ObjectStore, shape: Shape) {
+    let records = go_records().await;
+    let local = netsy::store::local::LocalStore::open(BUCKET).unwrap();
+    match shape {
+        Shape::V1 => {
+            for group in records.chunks(7) {
+                put_v1_chunk(store, group).await;
+            }
+        }
+        Shape::Mixed => {
+            for m in local.list("", None).await.unwrap() {
+                let rev = netsy::log::layout::parse_chunk_key(&m.key).map(|(r, _)| r);
+                if rev.is_none_or(|r| r <= 170) {
+                    let data = local.get(&m.key).await.unwrap().data;
+                    store.put(&m.key, data, PutMode::Create).await.unwrap();
+                }
+            }
+            let tail: Vec<_> = records.into_iter().filter(|r| r.revision > 170).collect();
+            for group in tail.chunks(4) {
+                put_v1_chunk(store, group).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netsy_1_0_and_mixed_buckets_on_file_store() {
+    for shape in [Shape::V1, Shape::Mixed] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = netsy::store::local::LocalStore::open(dir.path()).unwrap();
+        build(&store, shape).await;
+        let n = Netsy::start(&format!("file://{}", dir.path().display()), &[]).await;
+        check_serves_expected(&n).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netsy_1_0_and_mixed_buckets_on_s3() {
+    for shape in [Shape::V1, Shape::Mixed] {
+        let s3 = common::s3_store(&format!("{shape:?}").to_lowercase()).await;
+        build(&s3, shape).await;
+        let n = Netsy::start(&s3.describe(), &[]).await;
+        check_serves_expected(&n).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_or_an_overlap_in_a_mixed_bucket_stops_start_up() {
+    // A 1.0 chunk duplicating revisions the preview chunks already hold: an overlap.
+    let dir = tempfile::tempdir().unwrap();
+    let store = netsy::store::local::LocalStore::open(dir.path()).unwrap();
+    build(&store, Shape::Mixed).await;
+    let records = go_records().await;
+    // 165-172: overlaps the preview chunks 165-170 and the 1.0 chunk 171-174; named 172.
+    let dup: Vec<_> = records
+        .iter()
+        .filter(|r| (165..=172).contains(&r.revision))
+        .cloned()
+        .collect();
+    put_v1_chunk(&store, &dup).await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_netsy"))
+        .args([
+            "serve",
+            "--store",
+            dir.path().to_str().unwrap(),
+            "--listen-client-addr",
+        ])
+        .arg(format!("127.0.0.1:{}", common::free_port()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("both claim log position"), "{err}");
+
+    // A missing preview chunk: a gap, named.
+    let dir = tempfile::tempdir().unwrap();
+    let store = netsy::store::local::LocalStore::open(dir.path()).unwrap();
+    build(&store, Shape::Mixed).await;
+    store
+        .delete("chunks/0160/0000000000000000160.netsy")
+        .await
+        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_netsy"))
+        .args([
+            "serve",
+            "--store",
+            dir.path().to_str().unwrap(),
+            "--listen-client-addr",
+        ])
+        .arg(format!("127.0.0.1:{}", common::free_port()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("gap") && err.contains("revision 160"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_bucket_on_file_store() {
     let dir = tempfile::tempdir().unwrap();
