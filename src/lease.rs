@@ -83,6 +83,31 @@ impl Lessor {
         self.deadlines.clear();
     }
 
+    /// Grants, through the log, every lease that live keys reference but no record granted
+    /// (a bucket written by the Go Netsy, which keeps no leases), with `ttl` seconds from
+    /// now, so that those keys still expire. Returns how many were recreated.
+    pub async fn adopt_orphans(&self, log: &Log, ttl: i64) -> usize {
+        let orphans = log.state().orphan_leases();
+        let mut adopted = 0;
+        for (id, keys) in orphans {
+            match log.write(Request::LeaseGrant { id, ttl }).await {
+                Ok(_) => {
+                    self.granted(id, ttl);
+                    adopted += 1;
+                    tracing::warn!(
+                        lease = id,
+                        keys,
+                        ttl,
+                        "recreated a lease the bucket's keys reference but no record granted (written by the Go Netsy?)"
+                    );
+                }
+                Err(WriteError::Mvcc(mvcc::Error::LeaseExists)) => {}
+                Err(e) => tracing::error!(lease = id, error = %e, "could not recreate lease"),
+            }
+        }
+        adopted
+    }
+
     /// Revokes expired leases until `stop`.
     pub async fn run_expiry(&self, log: Log, stop: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_millis(250));

@@ -122,6 +122,10 @@ struct ServeArgs {
     /// Snapshots kept.
     #[arg(long, env = "NETSY_SNAPSHOT_KEEP", default_value_t = 3)]
     snapshot_keep: usize,
+    /// TTL (seconds) of leases recreated at start for keys whose lease was never stored
+    /// (buckets written by the Go Netsy).
+    #[arg(long, env = "NETSY_ORPHAN_LEASE_TTL_SECONDS", default_value_t = 3600)]
+    orphan_lease_ttl_seconds: i64,
     /// Interval of progress notifications to idle watchers, in milliseconds.
     #[arg(
         long,
@@ -207,6 +211,9 @@ impl ServeArgs {
             progress_notify_interval: Duration::from_millis(
                 self.progress_notify_interval_ms.max(1),
             ),
+            orphan_lease_ttl: self
+                .orphan_lease_ttl_seconds
+                .clamp(1, netsy::lease::MAX_TTL),
             snapshots: netsy::log::snapshot::SnapshotPolicy {
                 every_records: self.snapshot_every_records.max(1),
                 every_bytes: self.snapshot_every_bytes.max(1),

@@ -36,6 +36,8 @@ pub struct Config {
     /// How long shutdown waits for in-flight requests.
     pub shutdown_timeout: Duration,
     pub snapshots: SnapshotPolicy,
+    /// TTL given to leases that keys reference but no record granted (Go Netsy buckets).
+    pub orphan_lease_ttl: i64,
 }
 
 impl Default for Config {
@@ -52,6 +54,7 @@ impl Default for Config {
             progress_notify_interval: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),
             snapshots: SnapshotPolicy::default(),
+            orphan_lease_ttl: 3600,
         }
     }
 }
@@ -232,6 +235,10 @@ async fn supervise(
             last_snapshot,
             renew_stop.clone(),
         ));
+        let adopt = {
+            let (lessor, log, ttl) = (lessor.clone(), log.clone(), config.orphan_lease_ttl);
+            tokio::spawn(async move { lessor.adopt_orphans(&log, ttl).await })
+        };
         let exit = run_writer(
             &log,
             &mut queue,
@@ -244,6 +251,7 @@ async fn supervise(
         .await;
         renew_stop.cancel();
         let _ = snapshotter.await;
+        adopt.abort();
         let renewal = renewer.await;
         match exit {
             WriterExit::Shutdown | WriterExit::Closed => {

@@ -242,6 +242,59 @@ async fn a_gap_or_an_overlap_in_a_mixed_bucket_stops_start_up() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_the_go_netsy_never_stored_are_recreated_and_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(std::path::Path::new(BUCKET), dir.path());
+    let store = format!("file://{}", dir.path().display());
+    let n = Netsy::start(&store, &["--orphan-lease-ttl-seconds", "3"]).await;
+    let mut c = n.client().await.unwrap();
+    let leased = c
+        .get(vec![0u8], Some(GetOptions::new().with_from_key()))
+        .await
+        .unwrap()
+        .kvs()
+        .iter()
+        .filter(|kv| kv.lease() != 0)
+        .count();
+    assert_eq!(leased, 12);
+    let leases = c.leases().await.unwrap();
+    assert_eq!(
+        leases.leases().len(),
+        5,
+        "the five lease ids the keys reference"
+    );
+    let mut stream = c
+        .watch(
+            vec![0u8],
+            Some(WatchOptions::new().with_from_key().with_prev_key()),
+        )
+        .await
+        .unwrap();
+    let mut deletes = 0;
+    while deletes < 12 {
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(15), stream.message())
+            .await
+            .expect("leased keys never expired")
+            .unwrap()
+            .unwrap();
+        for ev in resp.events() {
+            assert_eq!(ev.event_type(), etcd_client::EventType::Delete);
+            assert_ne!(ev.prev_kv().unwrap().lease(), 0);
+            deletes += 1;
+        }
+    }
+    assert!(n.log().contains("recreated a lease"), "{}", n.log());
+    let left = c
+        .get(
+            vec![0u8],
+            Some(GetOptions::new().with_from_key().with_count_only()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(left.count(), 76 - 12);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_bucket_on_file_store() {
     let dir = tempfile::tempdir().unwrap();
     copy_dir(std::path::Path::new(BUCKET), dir.path());

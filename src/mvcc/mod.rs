@@ -225,6 +225,16 @@ impl State {
         self.leases.values()
     }
 
+    /// Lease ids that live keys reference but no lease record granted: what a bucket written
+    /// by the Go Netsy (which never stored leases) leaves behind.
+    pub fn orphan_leases(&self) -> Vec<(i64, usize)> {
+        self.lease_keys
+            .iter()
+            .filter(|(id, keys)| !keys.is_empty() && !self.leases.contains_key(*id))
+            .map(|(id, keys)| (*id, keys.len()))
+            .collect()
+    }
+
     /// Keys currently attached to lease `id`.
     pub fn lease_keys(&self, id: i64) -> impl Iterator<Item = &Bytes> {
         self.lease_keys.get(&id).into_iter().flat_map(|s| s.iter())
