@@ -1104,3 +1104,54 @@ async fn compacted_watch(mut side: Side) -> Vec<WatchResponse> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_progress_matches_etcd() {
+    // Both send progress notifications every second to idle watchers that asked for them.
+    let etcd = Etcd::start_with(&["--experimental-watch-progress-notify-interval", "1s"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let netsy = Netsy::start(
+        &format!("file://{}", dir.path().display()),
+        &["--progress-notify-interval-ms", "1000"],
+    )
+    .await;
+    let mut sides = [
+        Side::connect(&etcd.addr).await,
+        Side::connect(&netsy.addr).await,
+    ];
+    for s in sides.iter_mut() {
+        s.kv.put(put("p", "1")).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    for s in sides {
+        let mut side = s.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tx.send(WatchRequest {
+            request_union: Some(watch_request::RequestUnion::CreateRequest(
+                WatchCreateRequest {
+                    key: b("p"),
+                    start_revision: 3,
+                    progress_notify: true,
+                    ..Default::default()
+                },
+            )),
+        })
+        .await
+        .unwrap();
+        let mut stream = side
+            .watch
+            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let created = next(&mut stream).await;
+        // Within a few intervals a progress notification (no events, the head revision)
+        // arrives on the watcher's own id.
+        let progress = tokio::time::timeout(Duration::from_secs(5), next(&mut stream))
+            .await
+            .expect("no periodic progress notification");
+        seen.push((created, progress));
+        drop(tx);
+    }
+    assert_eq!(seen[1], seen[0], "netsy (left) differs from etcd (right)");
+}

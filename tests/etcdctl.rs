@@ -101,9 +101,24 @@ fn lease_id(out: &Output) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_behaves_as_with_etcd() {
     let dir = tempfile::tempdir().unwrap();
+    same_as_etcd(&format!("file://{}", dir.path().display())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_behaves_as_with_etcd_on_s3() {
+    common::s3_store("probe").await;
+    same_as_etcd(&format!(
+        "s3://{}/{}",
+        common::s3_bucket(),
+        common::unique_prefix("etcdctl")
+    ))
+    .await;
+}
+
+async fn same_as_etcd(store: &str) {
     let mut p = Pair {
         etcd: Etcd::start().await,
-        netsy: Netsy::start(&format!("file://{}", dir.path().display()), &[]).await,
+        netsy: Netsy::start(store, &[]).await,
         steps: 0,
     };
     p.run(&["put", "foo", "bar"], None);

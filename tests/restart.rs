@@ -193,3 +193,102 @@ fn walk(dir: &std::path::Path) -> usize {
         })
         .sum()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_survive_restart_with_their_ttl_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("file://{}", dir.path().display());
+    let flags = ["--leader-lease-seconds", "3"];
+    let mut n = Netsy::start(&store, &flags).await;
+    let mut c = n.client().await.unwrap();
+    let long = c.lease_grant(600, None).await.unwrap().id();
+    let short = c.lease_grant(4, None).await.unwrap().id();
+    c.put(
+        "long",
+        "1",
+        Some(etcd_client::PutOptions::new().with_lease(long)),
+    )
+    .await
+    .unwrap();
+    c.put(
+        "short",
+        "1",
+        Some(etcd_client::PutOptions::new().with_lease(short)),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    n.kill9();
+    let n = Netsy::start(&store, &flags).await;
+    let mut c = n.client().await.unwrap();
+    let ttl = c
+        .lease_time_to_live(
+            long,
+            Some(etcd_client::LeaseTimeToLiveOptions::new().with_keys()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ttl.granted_ttl(), 600);
+    assert!(
+        ttl.ttl() > 590,
+        "TTL is reset on a new leader, got {}",
+        ttl.ttl()
+    );
+    assert_eq!(ttl.keys(), [b"long".to_vec()]);
+    // The short lease also restarted its full TTL, then expires for real.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(c.get("short", None).await.unwrap().count(), 0);
+    assert_eq!(c.get("long", None).await.unwrap().count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_and_reflection_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = Netsy::start(&format!("file://{}", dir.path().display()), &[]).await;
+    let ch = tonic::transport::Channel::from_shared(format!("http://{}", n.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        status.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    use tonic_reflection::pb::v1::{
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        ServerReflectionRequest,
+    };
+    let mut refl = ServerReflectionClient::new(ch);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut resp = refl
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        resp.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("no service list")
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    for svc in [
+        "etcdserverpb.KV",
+        "etcdserverpb.Watch",
+        "etcdserverpb.Lease",
+        "etcdserverpb.Maintenance",
+    ] {
+        assert!(names.contains(&svc), "{names:?}");
+    }
+}

@@ -171,6 +171,10 @@ pub struct Etcd {
 
 impl Etcd {
     pub async fn start() -> Etcd {
+        Self::start_with(&[]).await
+    }
+
+    pub async fn start_with(extra: &[&str]) -> Etcd {
         let dir = tempfile::tempdir().unwrap();
         let (client, peer) = (free_port(), free_port());
         let addr = format!("127.0.0.1:{client}");
@@ -191,6 +195,7 @@ impl Etcd {
                 "--initial-cluster",
                 &format!("diff=http://127.0.0.1:{peer}"),
             ])
+            .args(extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
