@@ -401,4 +401,4 @@ fn read_message(input: &mut impl Read, what: &str) -> Result<Bytes, Check> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -304,7 +304,7 @@ fn raw_messages(file: &[u8]) -> (Vec<u8>, Vec<Vec<u8>>, Vec<u8>) {
 
 /// Checks a file the way the Go reader does: decode with Go's fields, zero `crc`,
 /// re-encode (known fields, then unknown ones), checksum, compare.
-fn go_reader_accepts(file: &[u8]) {
+pub(crate) fn go_reader_accepts(file: &[u8]) {
     let (header, records, footer) = raw_messages(file);
     let go_crc = |known: Vec<u8>, raw: &[u8]| {
         let mut bytes = known;

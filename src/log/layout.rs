@@ -5,7 +5,7 @@
 //! chunks/{R % 10000:04}/{R:019}.netsy          first chunk at log position (R, 0)
 //! chunks/{R % 10000:04}/{R:019}.{n:06}.netsy   n-th chunk at position (R, n), n > 0
 //! snapshots/{S:019}.netsy                       every retained version up to revision S
-//! leader.json                                   the single-writer lease
+//! leader.netsy                                  the single-writer lease
 //! ```
 //!
 //! A log position is (R, n): R is the next revision to be written, n counts the control-only
@@ -19,8 +19,9 @@
 pub const CHUNKS: &str = "chunks/";
 /// Prefix of snapshot objects.
 pub const SNAPSHOTS: &str = "snapshots/";
-/// The single-writer lease object.
-pub const LEADER: &str = "leader.json";
+/// The single-writer lease object (a `.netsy` file holding one JSON record, so that every
+/// object in the bucket is a file the Go reader accepts).
+pub const LEADER: &str = "leader.netsy";
 
 /// A position in the log: the next revision and the control-chunk sequence at it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -1,4 +1,6 @@
-//! The single-writer lease: one object, `leader.json`, changed only with conditional writes.
+//! The single-writer lease: one object, `leader.netsy`, changed only with conditional
+//! writes. It is a `.netsy` chunk-format file whose single record (key `netsy/leader`) holds
+//! the lease as JSON: CRC-checked, and readable by the Go tooling like every other object.
 //!
 //! The holder renews it every `duration / 3` with `If-Match` on the etag it last wrote, and
 //! considers itself leader only until `sent + duration - margin` by its own monotonic clock,
@@ -80,8 +82,34 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+const RECORD_KEY: &[u8] = b"netsy/leader";
+
 fn encode(doc: &Doc) -> Bytes {
-    Bytes::from(serde_json::to_vec_pretty(doc).expect("serialisable"))
+    let json = serde_json::to_vec_pretty(doc).expect("serialisable");
+    let mut records = vec![crate::proto::netsy::Record {
+        key: Bytes::from_static(RECORD_KEY),
+        value: json.into(),
+        leader_id: doc.holder.clone(),
+        ..Default::default()
+    }];
+    let meta = crate::format::FileMeta {
+        leader_id: doc.holder.clone(),
+        ..Default::default()
+    };
+    crate::format::encode(crate::proto::netsy::FileKind::Chunk, &meta, &mut records)
+        .expect("a small record always encodes")
+        .into()
+}
+
+fn decode(data: &[u8]) -> Result<Doc, LeaderError> {
+    let file =
+        crate::format::decode(LEADER, data).map_err(|e| LeaderError::Corrupt(e.to_string()))?;
+    let record = file
+        .records
+        .iter()
+        .find(|r| r.key.as_ref() == RECORD_KEY)
+        .ok_or_else(|| LeaderError::Corrupt("no lease record".into()))?;
+    serde_json::from_slice(&record.value).map_err(|e| LeaderError::Corrupt(e.to_string()))
 }
 
 impl Leader {
@@ -106,8 +134,7 @@ impl Leader {
             let (term, mode) = match &current {
                 None => (1, PutMode::Create),
                 Some(obj) => {
-                    let doc: Doc = serde_json::from_slice(&obj.data)
-                        .map_err(|e| LeaderError::Corrupt(e.to_string()))?;
+                    let doc = decode(&obj.data)?;
                     let expired = match &observed {
                         Some((etag, since)) if *etag == obj.etag => {
                             since.elapsed() > Duration::from_millis(doc.duration_ms) + timing.margin

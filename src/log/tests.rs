@@ -415,6 +415,22 @@ mod snapshots {
     }
 
     #[tokio::test]
+    async fn every_object_netsy_writes_is_a_file_the_go_reader_accepts() {
+        let mem = std::sync::Arc::new(MemoryStore::new());
+        let r = busy_log(mem.clone()).await;
+        write_snapshot(mem.as_ref(), r.log.state(), "test")
+            .await
+            .unwrap();
+        let keys = mem.keys();
+        assert!(keys.iter().any(|k| k == crate::log::layout::LEADER));
+        assert!(keys.iter().any(|k| k.starts_with("snapshots/")));
+        for key in keys {
+            let data = mem.get(&key).await.unwrap().data;
+            crate::format::tests::go_reader_accepts(&data);
+        }
+    }
+
+    #[tokio::test]
     async fn a_paused_writer_whose_lease_ran_out_never_acknowledges() {
         // Writer A's chunk PUT stalls past its lease (as if the process were SIGSTOPped
         // mid-request). B takes over, writes the same log position, snapshots it and cleans
