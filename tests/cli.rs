@@ -47,6 +47,51 @@ fn inspect_shows_a_go_file_and_exits_zero() {
 }
 
 #[test]
+fn inspect_accepts_every_go_reference_file() {
+    for f in [
+        "chunk-plain.netsy",
+        "chunk-zstd.netsy",
+        "chunk-binary-zstd.netsy",
+        "bucket/snapshots/0000000000000000150.netsy",
+        "bucket/chunks/0200/0000000000000000200.netsy",
+    ] {
+        let out = netsy(&["inspect", &format!("{GO}/{f}")]);
+        assert!(
+            out.status.success(),
+            "{f}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_reads_s3_urls() {
+    use netsy::store::{ObjectStore, PutMode};
+    let store = common::s3_store("inspect").await;
+    let data = std::fs::read(format!("{GO}/chunk-plain.netsy")).unwrap();
+    store
+        .put("x/chunk.netsy", data.into(), PutMode::Create)
+        .await
+        .unwrap();
+    let url = format!("{}/x/chunk.netsy", store.describe());
+    let out = Command::new(env!("CARGO_BIN_EXE_netsy"))
+        .args(["inspect", "--json", &url, "--s3-force-path-style"])
+        .env("NETSY_S3_ENDPOINT", common::s3_endpoint())
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["records"].as_array().unwrap().len(), 2);
+}
+
+#[test]
 fn inspect_names_the_file_and_check_on_corruption() {
     let dir = tempfile::tempdir().unwrap();
     let mut data = std::fs::read(format!("{GO}/chunk-plain.netsy")).unwrap();
