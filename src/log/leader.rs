@@ -14,6 +14,7 @@
 //! how long a deleted chunk key could be re-created by a stale writer (see ARCHITECTURE.md).
 
 use super::layout::LEADER;
+use crate::clock::now_ms;
 use crate::store::{DynStore, PutMode, StoreError};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -74,12 +75,6 @@ pub struct Leader {
     store: DynStore,
     timing: LeaderTiming,
     held: Arc<Mutex<Held>>,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 const RECORD_KEY: &[u8] = b"netsy/leader";

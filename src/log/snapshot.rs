@@ -15,6 +15,7 @@
 
 use super::layout;
 use super::Log;
+use crate::clock::{now_ms, now_timestamp};
 use crate::format::{self, FileMeta};
 use crate::mvcc::State;
 use crate::proto::netsy::FileKind;
@@ -74,7 +75,7 @@ pub async fn write_snapshot(
         let mut records = state.to_records();
         let meta = FileMeta {
             leader_id,
-            created_at: Some(now_ts()),
+            created_at: Some(now_timestamp()),
             compact_revision: state.compact_revision,
             revision: state.revision,
         };
@@ -93,22 +94,6 @@ pub async fn write_snapshot(
         Err(e) if e.is_conflict() => Ok(key),
         Err(e) => Err(e.into()),
     }
-}
-
-fn now_ts() -> prost_types::Timestamp {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    prost_types::Timestamp {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// What one clean-up pass deleted.

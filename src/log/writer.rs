@@ -44,16 +44,6 @@ pub enum WriterExit {
     Closed,
 }
 
-fn timestamp() -> prost_types::Timestamp {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    prost_types::Timestamp {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
-}
-
 /// Evaluates one request against `work`, appending its records.
 fn evaluate(
     work: &mut State,
@@ -230,7 +220,7 @@ pub async fn run_writer(
             continue;
         }
 
-        let created_at = timestamp();
+        let created_at = crate::clock::now_timestamp();
         for r in records.iter_mut() {
             r.leader_id.clone_from(&config.leader_id);
             r.created_at = Some(created_at);

@@ -3,6 +3,7 @@
 //! without a real network.
 
 use super::{content_etag, Object, ObjectMeta, ObjectStore, PutMode, Result, StoreError};
+use crate::clock::now_ms;
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -123,13 +124,6 @@ fn injected(key: &str) -> StoreError {
         key: key.to_string(),
         message: "injected fault".into(),
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[async_trait]
