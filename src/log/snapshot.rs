@@ -169,6 +169,10 @@ pub async fn run(
     let mut last_at = Instant::now();
     let mut base_records = log.written().records.load(Ordering::Relaxed);
     let mut base_bytes = log.written().bytes.load(Ordering::Relaxed);
+    // Clean-up lists every chunk; what it may delete only changes as snapshots age past the
+    // grace period, so it runs a tenth as often as that (and at once on taking over).
+    let cleanup_every = (policy.grace / 10).max(policy.check_every);
+    let mut last_cleanup: Option<Instant> = None;
     let mut tick = tokio::time::interval(policy.check_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -207,8 +211,11 @@ pub async fn run(
                 Err(e) => tracing::warn!(error = %e, "snapshot failed; will retry"),
             }
         }
-        if let Err(e) = clean_up(store.as_ref(), policy.grace, policy.keep).await {
-            tracing::warn!(error = %e, "clean-up failed; will retry");
+        if last_cleanup.is_none_or(|t| t.elapsed() >= cleanup_every) {
+            match clean_up(store.as_ref(), policy.grace, policy.keep).await {
+                Ok(_) => last_cleanup = Some(Instant::now()),
+                Err(e) => tracing::warn!(error = %e, "clean-up failed; will retry"),
+            }
         }
     }
 }

@@ -180,6 +180,18 @@ fn map_err<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
     }
 }
 
+/// Reads a whole response body; a connection lost mid-body is transient.
+async fn read_body(key: &str, body: ByteStream) -> Result<Bytes> {
+    Ok(body
+        .collect()
+        .await
+        .map_err(|e| StoreError::Transient {
+            key: key.to_string(),
+            message: e.to_string(),
+        })?
+        .into_bytes())
+}
+
 #[async_trait]
 impl ObjectStore for S3Store {
     async fn get(&self, key: &str) -> Result<Object> {
@@ -192,15 +204,7 @@ impl ObjectStore for S3Store {
             .await
             .map_err(|e| map_err(key, e))?;
         let etag = resp.e_tag().unwrap_or_default().to_string();
-        let data = resp
-            .body
-            .collect()
-            .await
-            .map_err(|e| StoreError::Transient {
-                key: key.to_string(),
-                message: e.to_string(),
-            })?
-            .into_bytes();
+        let data = read_body(key, resp.body).await?;
         Ok(Object { data, etag })
     }
 
@@ -221,15 +225,7 @@ impl ObjectStore for S3Store {
             Err(e) if status(&e) == Some(416) => return Ok(Bytes::new()),
             Err(e) => return Err(map_err(key, e)),
         };
-        Ok(resp
-            .body
-            .collect()
-            .await
-            .map_err(|e| StoreError::Transient {
-                key: key.to_string(),
-                message: e.to_string(),
-            })?
-            .into_bytes())
+        read_body(key, resp.body).await
     }
 
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<String> {
