@@ -212,8 +212,8 @@ pub async fn run_writer(
             results.push(evaluate(&mut work, &p.request, &mut records).map_err(WriteError::from));
         }
         if records.is_empty() {
-            // Nothing to persist (every request failed, or changed nothing).
-            log.publish(work);
+            // Nothing to persist or publish: every request failed or changed nothing, so the
+            // state is the published one (republishing would only wake every watcher).
             for (p, r) in batch.drain(..).zip(results) {
                 let _ = p.reply.send(r);
             }
