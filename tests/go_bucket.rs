@@ -190,6 +190,45 @@ async fn netsy_1_0_and_mixed_buckets_on_s3() {
     }
 }
 
+/// Runs `netsy serve` expecting it to refuse to start; returns what it said.
+fn refuses_to_start(store: &str) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_netsy"))
+        .args(["serve", "--store", store, "--listen-client-addr"])
+        .arg(format!("127.0.0.1:{}", common::free_port()))
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("NETSY_S3_ENDPOINT", common::s3_endpoint())
+        .env("NETSY_S3_FORCE_PATH_STYLE", "true")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_or_an_overlap_in_a_mixed_bucket_stops_start_up_on_s3() {
+    let records = go_records().await;
+    let s3 = common::s3_store("overlap").await;
+    build(&s3, Shape::Mixed).await;
+    let dup: Vec<_> = records
+        .iter()
+        .filter(|r| (165..=172).contains(&r.revision))
+        .cloned()
+        .collect();
+    put_v1_chunk(&s3, &dup).await;
+    let err = refuses_to_start(&s3.describe());
+    assert!(err.contains("both claim log position"), "{err}");
+
+    let s3 = common::s3_store("gap").await;
+    build(&s3, Shape::Mixed).await;
+    s3.delete("chunks/0160/0000000000000000160.netsy")
+        .await
+        .unwrap();
+    let err = refuses_to_start(&s3.describe());
+    assert!(err.contains("gap") && err.contains("revision 160"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_or_an_overlap_in_a_mixed_bucket_stops_start_up() {
     // A 1.0 chunk duplicating revisions the preview chunks already hold: an overlap.
@@ -245,8 +284,22 @@ async fn a_gap_or_an_overlap_in_a_mixed_bucket_stops_start_up() {
 async fn leases_the_go_netsy_never_stored_are_recreated_and_expire() {
     let dir = tempfile::tempdir().unwrap();
     copy_dir(std::path::Path::new(BUCKET), dir.path());
-    let store = format!("file://{}", dir.path().display());
-    let n = Netsy::start(&store, &["--orphan-lease-ttl-seconds", "3"]).await;
+    orphan_leases_expire(&format!("file://{}", dir.path().display())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_the_go_netsy_never_stored_are_recreated_and_expire_on_s3() {
+    let s3 = common::s3_store("orphans").await;
+    let local = netsy::store::local::LocalStore::open(BUCKET).unwrap();
+    for m in local.list("", None).await.unwrap() {
+        let data = local.get(&m.key).await.unwrap().data;
+        s3.put(&m.key, data, PutMode::Create).await.unwrap();
+    }
+    orphan_leases_expire(&s3.describe()).await;
+}
+
+async fn orphan_leases_expire(store: &str) {
+    let n = Netsy::start(store, &["--orphan-lease-ttl-seconds", "3"]).await;
     let mut c = n.client().await.unwrap();
     let leased = c
         .get(vec![0u8], Some(GetOptions::new().with_from_key()))
