@@ -357,3 +357,33 @@ fn records_replay_into_the_same_state() {
         Err(Error::Inconsistent { .. })
     ));
 }
+
+#[test]
+fn stored_values_do_not_pin_the_request_buffer() {
+    // A request's key and value are slices of a larger receive buffer; the state must keep
+    // its own exact copies, or every retained version pins the whole buffer.
+    let buffer = Bytes::from(vec![b'x'; 64 * 1024]);
+    let req = PutRequest {
+        key: buffer.slice(0..3),
+        value: buffer.slice(100..1124),
+        ..Default::default()
+    };
+    let mut st = State::new();
+    st.put(&req).unwrap();
+    let h = st.history(b"xxx").unwrap();
+    let v = &h.versions()[0].value;
+    assert_eq!(v.len(), 1024);
+    let inside = |p: *const u8| {
+        let start = buffer.as_ptr() as usize;
+        (start..start + buffer.len()).contains(&(p as usize))
+    };
+    assert!(
+        !inside(v.as_ptr()),
+        "value still points into the request buffer"
+    );
+    let (k, _) = st.keys.get_key_value(&b"xxx"[..]).unwrap();
+    assert!(
+        !inside(k.as_ptr()),
+        "key still points into the request buffer"
+    );
+}

@@ -68,7 +68,14 @@ impl<'a> TxnEval<'a> {
         let value = if r.ignore_value {
             prev.as_ref().map(|p| p.value.clone()).unwrap_or_default()
         } else {
-            r.value.clone()
+            // A request's bytes are a slice of the gRPC receive buffer; keeping that slice
+            // would pin the whole buffer for as long as this version lives. One exact copy.
+            Bytes::copy_from_slice(&r.value)
+        };
+        // An existing key keeps sharing the bytes already held; a new one gets its own copy.
+        let key = match self.state.keys.get_key_value(&r.key) {
+            Some((k, _)) => k.clone(),
+            None => Bytes::copy_from_slice(&r.key),
         };
         let lease = if r.ignore_lease {
             prev.as_ref().map_or(0, |p| p.lease)
@@ -87,7 +94,7 @@ impl<'a> TxnEval<'a> {
         };
         self.records.push(Record {
             revision: self.rev,
-            key: r.key.clone(),
+            key: key.clone(),
             created: prev.is_none(),
             deleted: false,
             create_revision: v.create_revision,
@@ -97,7 +104,7 @@ impl<'a> TxnEval<'a> {
             value: v.value.clone(),
             ..Default::default()
         });
-        self.state.push_version(r.key.clone(), v);
+        self.state.push_version(key, v);
         Ok(PutResponse {
             header: None,
             prev_kv: if r.prev_kv {
