@@ -281,8 +281,8 @@ mod tests {
 
     fn fast() -> LeaderTiming {
         LeaderTiming {
-            duration: Duration::from_millis(300),
-            margin: Duration::from_millis(50),
+            duration: Duration::from_millis(1000),
+            margin: Duration::from_millis(200),
         }
     }
 
@@ -297,7 +297,7 @@ mod tests {
         let store2 = store.clone();
         let stop2 = stop.clone();
         let b = tokio::spawn(async move { Leader::acquire(store2, "b", fast(), &stop2).await });
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
         a.renew().await.unwrap();
         assert!(!b.is_finished(), "b must wait while a renews");
         a.release().await.unwrap();

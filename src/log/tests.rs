@@ -462,8 +462,8 @@ mod snapshots {
             )
             .await
         });
-        // A's next PUT (its chunk) stalls for 1.5 s, far past its 300 ms lease.
-        mem.inject(Op::Put, 1, Fault::Delay(Duration::from_millis(1500)));
+        // A's next PUT (its chunk) stalls for 3 s, far past its 300 ms lease.
+        mem.inject(Op::Put, 1, Fault::Delay(Duration::from_millis(3000)));
         let a_write = tokio::spawn({
             let a_log = a_log.clone();
             async move { a_log.write(put("from-a", "1")).await }
