@@ -11,7 +11,7 @@ use crate::watch::{Sync, Watcher};
 use bytes::Bytes;
 use futures::Stream;
 use prost::Message;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -56,7 +56,7 @@ impl Watch for WatchService {
             tx,
             watchers: BTreeMap::new(),
             next_id: 0,
-            active: BTreeMap::new(),
+            active: BTreeSet::new(),
         };
         tokio::spawn(stream.run(inbound, self.progress_interval, self.stop.clone()));
         Ok(Response::new(Box::pin(
@@ -71,7 +71,7 @@ struct StreamTask {
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
     /// Watchers that received events since the last progress tick.
-    active: BTreeMap<i64, bool>,
+    active: BTreeSet<i64>,
 }
 
 impl StreamTask {
@@ -229,7 +229,7 @@ impl StreamTask {
                     Sync::Events(events) if events.is_empty() => {}
                     Sync::Events(events) => {
                         let fragment = w.fragment;
-                        self.active.insert(id, true);
+                        self.active.insert(id);
                         let resp = WatchResponse {
                             header: self.ctx.header(state.revision),
                             watch_id: id,
@@ -253,7 +253,7 @@ impl StreamTask {
             .watchers
             .values()
             .filter(|w| w.progress_notify && w.next > state.revision)
-            .filter(|w| !self.active.contains_key(&w.id))
+            .filter(|w| !self.active.contains(&w.id))
             .map(|w| w.id)
             .collect();
         self.active.clear();
