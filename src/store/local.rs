@@ -5,8 +5,9 @@
 //! `link` fails atomically if the target exists, so two processes racing for one chunk key
 //! get exactly one winner, and a crash leaves either the whole object or nothing. Directories
 //! are fsynced before success so an acknowledged object survives power loss. Conditional
-//! updates (If-Match) and deletes hold an exclusive `flock` on `.lock` in the root, which
-//! makes compare-and-swap atomic across processes sharing the directory.
+//! updates (If-Match) and deletes hold an exclusive `flock` on the root directory itself,
+//! which makes compare-and-swap atomic across processes sharing the directory without
+//! leaving any file in it that is not an object.
 
 use super::{content_etag, Object, ObjectMeta, ObjectStore, PutMode, Result, StoreError};
 use async_trait::async_trait;
@@ -22,7 +23,6 @@ pub struct LocalStore {
 }
 
 const TMP_PREFIX: &str = ".tmp-";
-const LOCK_FILE: &str = ".lock";
 
 impl LocalStore {
     /// Opens (creating if needed) a directory store.
@@ -40,7 +40,7 @@ impl LocalStore {
             && key
                 .split('/')
                 .all(|c| !c.is_empty() && c != "." && c != ".." && !c.starts_with(TMP_PREFIX));
-        if !valid || key == LOCK_FILE {
+        if !valid {
             return Err(StoreError::Other {
                 key: key.to_string(),
                 message: "invalid object key".into(),
@@ -66,15 +66,10 @@ impl LocalStore {
     }
 
     fn lock(&self) -> std::io::Result<File> {
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(self.root.join(LOCK_FILE))?;
-        f.lock()?;
-        Ok(f)
+        let dir = File::open(self.root.as_path())?;
+        dir.lock()?;
+        Ok(dir)
     }
-
     /// Writes `data` to a new temporary file beside `target` and fsyncs it.
     fn write_tmp(&self, target: &Path, data: &[u8]) -> std::io::Result<PathBuf> {
         let dir = target.parent().expect("keys have a parent");
@@ -262,7 +257,7 @@ fn walk(dir: &Path, rel: &str, f: &mut impl FnMut(&str, &fs::Metadata)) -> std::
         let entry = entry?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.starts_with(TMP_PREFIX) || (rel.is_empty() && name == LOCK_FILE) {
+        if name.starts_with(TMP_PREFIX) {
             continue;
         }
         let key = if rel.is_empty() {
@@ -294,13 +289,58 @@ mod tests {
     async fn refuses_keys_that_escape_the_root() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::open(dir.path()).unwrap();
-        for key in ["../x", "/abs", "a//b", "a/./b", ".lock", ".tmp-1"] {
+        for key in ["../x", "/abs", "a//b", "a/./b", ".tmp-1"] {
             assert!(store.get(key).await.is_err(), "{key}");
             assert!(store
                 .put(key, Bytes::from_static(b"x"), PutMode::Overwrite)
                 .await
                 .is_err());
         }
+    }
+
+    #[tokio::test]
+    async fn racing_conditional_updates_from_separate_handles_have_one_winner() {
+        // Separate store handles stand for separate processes: only the directory lock
+        // orders them.
+        let dir = tempfile::tempdir().unwrap();
+        let first = LocalStore::open(dir.path()).unwrap();
+        let mut etag = first
+            .put("leader.netsy", Bytes::from_static(b"v0"), PutMode::Create)
+            .await
+            .unwrap();
+        let handles: Vec<_> = (0..16)
+            .map(|_| LocalStore::open(dir.path()).unwrap())
+            .collect();
+        for round in 0..20 {
+            let results =
+                futures::future::join_all(handles.iter().enumerate().map(|(i, store)| {
+                    let etag = etag.clone();
+                    async move {
+                        store
+                            .put(
+                                "leader.netsy",
+                                Bytes::from(format!("round {round} writer {i}")),
+                                PutMode::Update(etag),
+                            )
+                            .await
+                    }
+                }))
+                .await;
+            let winners: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+            assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+            assert!(results
+                .iter()
+                .filter_map(|r| r.as_ref().err())
+                .all(|e| matches!(e, StoreError::Precondition { .. })));
+            etag = winners[0].clone();
+            assert_eq!(first.get("leader.netsy").await.unwrap().etag, etag);
+        }
+        // Nothing but the object is left in the directory.
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec!["leader.netsy"]);
     }
 
     #[tokio::test]
