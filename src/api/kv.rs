@@ -63,7 +63,7 @@ impl Kv for KvService {
                 self.ctx.fill(&mut p.header);
                 Ok(GrpcResponse::new(p))
             }
-            other => Err(Status::internal(format!("unexpected response {other:?}"))),
+            other => Err(super::unexpected(&other)),
         }
     }
 
@@ -79,7 +79,7 @@ impl Kv for KvService {
                 self.ctx.fill(&mut d.header);
                 Ok(GrpcResponse::new(d))
             }
-            other => Err(Status::internal(format!("unexpected response {other:?}"))),
+            other => Err(super::unexpected(&other)),
         }
     }
 
@@ -97,7 +97,7 @@ impl Kv for KvService {
         } else {
             match self.ctx.log.write(Request::Txn(t)).await? {
                 Response::Txn(t) => t,
-                other => return Err(Status::internal(format!("unexpected response {other:?}"))),
+                other => return Err(super::unexpected(&other)),
             }
         };
         self.fill_txn(&mut resp);
@@ -113,7 +113,7 @@ impl Kv for KvService {
             Response::Compact { revision } => Ok(GrpcResponse::new(CompactionResponse {
                 header: self.ctx.header(revision),
             })),
-            other => Err(Status::internal(format!("unexpected response {other:?}"))),
+            other => Err(super::unexpected(&other)),
         }
     }
 }

@@ -56,7 +56,7 @@ impl Lease for LeaseService {
                     error: String::new(),
                 }))
             }
-            other => Err(Status::internal(format!("unexpected response {other:?}"))),
+            other => Err(super::unexpected(&other)),
         }
     }
 
@@ -72,7 +72,7 @@ impl Lease for LeaseService {
                     header: self.ctx.header(revision),
                 }))
             }
-            other => Err(Status::internal(format!("unexpected response {other:?}"))),
+            other => Err(super::unexpected(&other)),
         }
     }
 

@@ -144,6 +144,11 @@ pub mod errors {
     }
 }
 
+/// The log answered a request with a response of another kind: a bug, reported as such.
+pub(crate) fn unexpected(response: &crate::log::Response) -> Status {
+    Status::internal(format!("unexpected response {response:?}"))
+}
+
 impl From<mvcc::Error> for Status {
     fn from(e: mvcc::Error) -> Self {
         match e {

@@ -169,6 +169,13 @@ fn align_control_records(records: &mut [Record]) -> Option<i64> {
     Some(first_kv)
 }
 
+/// Answers every request of a batch that will not be acknowledged.
+fn fail_all(batch: &mut Vec<Proposal>, err: &WriteError) {
+    for p in batch.drain(..) {
+        let _ = p.reply.send(Err(err.clone()));
+    }
+}
+
 /// Runs the writer until shutdown or fencing. `next` is the log position after recovery.
 pub async fn run_writer(
     log: &Log,
@@ -240,17 +247,13 @@ pub async fn run_writer(
             Ok(b) => b,
             Err(e) => {
                 let err = WriteError::TooLarge(e.to_string());
-                for p in batch.drain(..) {
-                    let _ = p.reply.send(Err(err.clone()));
-                }
+                fail_all(&mut batch, &err);
                 continue;
             }
         };
         if !leader.is_valid() {
             let err = WriteError::LeaseExpired;
-            for p in batch.drain(..) {
-                let _ = p.reply.send(Err(err.clone()));
-            }
+            fail_all(&mut batch, &err);
             return WriterExit::Fenced(err);
         }
         let started = Instant::now();
@@ -292,9 +295,7 @@ pub async fn run_writer(
                     "chunk written after the leader lease expired; stepping down"
                 );
                 let err = WriteError::LeaseExpired;
-                for p in batch.drain(..) {
-                    let _ = p.reply.send(Err(err.clone()));
-                }
+                fail_all(&mut batch, &err);
                 return WriterExit::Fenced(err);
             }
             Err(e) if e.is_conflict() => {
@@ -303,17 +304,13 @@ pub async fn run_writer(
                     "another writer already wrote this log position; this node stops writing and reloads"
                 );
                 let err = WriteError::Fenced { key };
-                for p in batch.drain(..) {
-                    let _ = p.reply.send(Err(err.clone()));
-                }
+                fail_all(&mut batch, &err);
                 return WriterExit::Fenced(err);
             }
             Err(e) => {
                 tracing::warn!(key, error = %e, requests = batch.len(), "chunk PUT failed; batch failed");
                 let err = WriteError::store(&key, &e);
-                for p in batch.drain(..) {
-                    let _ = p.reply.send(Err(err.clone()));
-                }
+                fail_all(&mut batch, &err);
             }
         }
     }
