@@ -128,6 +128,7 @@ impl Lessor {
             for id in expired {
                 match log.write(Request::LeaseRevoke { id }).await {
                     Ok(_) => {
+                        crate::metrics::METRICS.leases_expired.inc();
                         tracing::info!(lease = id, "lease expired and was revoked");
                         self.forget(id);
                     }

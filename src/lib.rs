@@ -8,11 +8,14 @@
 pub mod api;
 pub mod clock;
 pub mod format;
+pub mod http;
 pub mod inspect;
 pub mod lease;
 pub mod log;
+pub mod metrics;
 pub mod mvcc;
 pub mod proto;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod watch;

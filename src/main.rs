@@ -6,7 +6,9 @@ use netsy::log::WriterConfig;
 use netsy::server::{self, Config};
 use netsy::store::s3::S3Options;
 use netsy::store::StoreOptions;
+use netsy::tls::TlsFiles;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -126,6 +128,27 @@ struct ServeArgs {
     /// (buckets written by the Go Netsy).
     #[arg(long, env = "NETSY_ORPHAN_LEASE_TTL_SECONDS", default_value_t = 3600)]
     orphan_lease_ttl_seconds: i64,
+    /// Path to the server TLS certificate (PEM); enables TLS on the client port (etcd's flag).
+    #[arg(long, env = "NETSY_CERT_FILE")]
+    cert_file: Option<PathBuf>,
+    /// Path to the server TLS private key (PEM).
+    #[arg(long, env = "NETSY_KEY_FILE")]
+    key_file: Option<PathBuf>,
+    /// CA bundle (PEM) that signs client certificates; giving it makes client certificates
+    /// mandatory, as in etcd.
+    #[arg(long, env = "NETSY_TRUSTED_CA_FILE")]
+    trusted_ca_file: Option<PathBuf>,
+    /// Require client certificates signed by --trusted-ca-file (etcd's flag).
+    #[arg(long, env = "NETSY_CLIENT_CERT_AUTH", default_value_t = false)]
+    client_cert_auth: bool,
+    /// Plain-HTTP address for /metrics, /health, /readyz, /livez, answering from process
+    /// start (the client port serves them too once ready). Off when not given.
+    #[arg(long, env = "NETSY_LISTEN_METRICS_ADDR")]
+    listen_metrics_addr: Option<SocketAddr>,
+    /// On SIGTERM, how long in-flight requests may take before connections are closed
+    /// (and, separately, how long releasing the leader lease may take), in seconds.
+    #[arg(long, env = "NETSY_SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 10)]
+    shutdown_timeout_seconds: u64,
     /// Interval of progress notifications to idle watchers, in milliseconds.
     #[arg(
         long,
@@ -187,8 +210,32 @@ impl ServeArgs {
             self.snapshot_keep >= 1,
             "--snapshot-keep must be at least 1"
         );
+        let tls = match (self.cert_file, self.key_file) {
+            (Some(cert_file), Some(key_file)) => Some(TlsFiles {
+                cert_file,
+                key_file,
+                trusted_ca_file: self.trusted_ca_file,
+                client_cert_auth: self.client_cert_auth,
+            }),
+            (Some(_), None) => anyhow::bail!("--cert-file needs --key-file"),
+            (None, Some(_)) => anyhow::bail!("--key-file needs --cert-file"),
+            (None, None) => {
+                anyhow::ensure!(
+                    self.trusted_ca_file.is_none() && !self.client_cert_auth,
+                    "--trusted-ca-file and --client-cert-auth need TLS: give --cert-file and --key-file"
+                );
+                None
+            }
+        };
+        anyhow::ensure!(
+            self.shutdown_timeout_seconds >= 1,
+            "--shutdown-timeout-seconds must be at least 1"
+        );
         let lease = Duration::from_secs(self.leader_lease_seconds);
         Ok(Config {
+            tls,
+            listen_metrics_addr: self.listen_metrics_addr,
+            shutdown_timeout: Duration::from_secs(self.shutdown_timeout_seconds),
             store,
             store_options: StoreOptions { s3 },
             listen_client_addr: self.listen_client_addr,
@@ -222,7 +269,6 @@ impl ServeArgs {
                 keep: self.snapshot_keep,
                 ..Default::default()
             },
-            ..Default::default()
         })
     }
 }

@@ -6,13 +6,16 @@
 //! supervisor rejects writes, waits for the lease again, reloads and carries on.
 
 use crate::api::{self, Context, Ids, Limits};
+use crate::http::{self, Health, Phase};
 use crate::lease::Lessor;
 use crate::log::leader::{Leader, LeaderError, LeaderTiming};
 use crate::log::recovery::recover;
 use crate::log::snapshot::{self, SnapshotPolicy};
 use crate::log::{run_writer, Log, Queue, WriteError, WriterConfig, WriterExit};
+use crate::metrics::{GrpcMetricsLayer, METRICS};
 use crate::proto::etcdserverpb;
 use crate::store::{self, DynStore, StoreOptions};
+use crate::tls::{Reloader, TlsFiles};
 use anyhow::Context as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +41,10 @@ pub struct Config {
     pub snapshots: SnapshotPolicy,
     /// TTL given to leases that keys reference but no record granted (Go Netsy buckets).
     pub orphan_lease_ttl: i64,
+    /// TLS on the client port.
+    pub tls: Option<TlsFiles>,
+    /// Plain-HTTP listener for /metrics and health, up from process start.
+    pub listen_metrics_addr: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -55,6 +62,8 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(10),
             snapshots: SnapshotPolicy::default(),
             orphan_lease_ttl: 3600,
+            tls: None,
+            listen_metrics_addr: None,
         }
     }
 }
@@ -67,6 +76,29 @@ fn id_of(s: &str) -> u64 {
 /// Runs Netsy until `shutdown` is cancelled.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let started = Instant::now();
+    let health = Arc::new(Health::default());
+    let tls = match &config.tls {
+        Some(files) => Some(Arc::new(Reloader::new(files.clone())?)),
+        None => None,
+    };
+    // The metrics/health listener answers from the start, so readiness is observable
+    // while the lease is awaited and the bucket replayed.
+    let metrics_server = match config.listen_metrics_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding --listen-metrics-addr {addr}"))?;
+            tracing::info!(phase = "metrics", addr = %listener.local_addr()?, "serving /metrics, /health, /readyz");
+            Some(tokio::spawn(http::serve(
+                listener,
+                None,
+                http::routes(health.clone()),
+                shutdown.clone(),
+                Duration::from_secs(1),
+            )))
+        }
+        None => None,
+    };
     let store = store::open(&config.store, &config.store_options)
         .await
         .with_context(|| format!("opening store {}", config.store))?;
@@ -74,19 +106,37 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .await
         .with_context(|| format!("binding --listen-client-addr {}", config.listen_client_addr))?;
     let local = listener.local_addr()?;
-    tracing::info!(store = %store.describe(), addr = %local, "starting");
+    tracing::info!(
+        phase = "store",
+        store = %store.describe(),
+        addr = %local,
+        tls = tls.is_some(),
+        client_cert_auth = tls.as_ref().is_some_and(|t| t.client_cert_required()),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "store opened, client port bound"
+    );
 
+    health.set_phase(Phase::WaitingForLease);
+    let lease_started = Instant::now();
     let holder = format!("{}-{:08x}", config.name, rand::random::<u32>());
     let leader = match Leader::acquire(store.clone(), &holder, config.leader, &shutdown).await {
         Ok(l) => l,
         Err(LeaderError::Shutdown) => return Ok(()),
         Err(e) => return Err(e).context("acquiring the leader lease"),
     };
-    let leader_ms = started.elapsed().as_millis() as u64;
+    tracing::info!(
+        phase = "leader",
+        holder,
+        term = leader.term(),
+        duration_ms = lease_started.elapsed().as_millis() as u64,
+        "leader lease acquired"
+    );
+    health.set_phase(Phase::Replaying);
     let recovered = recover(store.as_ref())
         .await
         .context("recovering from the bucket")?;
     tracing::info!(
+        phase = "replay",
         revision = recovered.state.revision,
         compact_revision = recovered.state.compact_revision,
         keys = recovered.state.keys_count(),
@@ -94,10 +144,14 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         chunks = recovered.chunks,
         records = recovered.records,
         bytes = recovered.bytes,
-        leader_ms,
-        replay_ms = recovered.elapsed.as_millis() as u64,
+        duration_ms = recovered.elapsed.as_millis() as u64,
         "recovered"
     );
+    METRICS.replay_seconds.set(recovered.elapsed.as_secs_f64());
+    METRICS.replay_records.set(recovered.records as i64);
+    if let (Some((_, rev)), Some(ms)) = (&recovered.snapshot, recovered.snapshot_stored_ms) {
+        METRICS.snapshot_taken(*rev, ms);
+    }
 
     let term = Arc::new(AtomicU64::new(leader.term()));
     let (log, queue) = Log::new(recovered.state, 10_000);
@@ -107,7 +161,8 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         member_id: id_of(&format!("{}@{}", config.name, local)),
         name: config.name.clone(),
         client_urls: if config.advertise_client_urls.is_empty() {
-            vec![format!("http://{local}")]
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            vec![format!("{scheme}://{local}")]
         } else {
             config.advertise_client_urls.clone()
         },
@@ -132,6 +187,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         recovered.snapshot.as_ref().map(|s| s.1),
         term,
         lessor.clone(),
+        health.clone(),
         writer_stop.clone(),
     ));
     let expiry = {
@@ -139,6 +195,75 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         tokio::spawn(async move { lessor.run_expiry(log, stop).await })
     };
 
+    // Keys must not be served with a lease that does not exist yet (Go Netsy buckets): the
+    // orphans are granted before the port answers. (The supervisor repeats this after a
+    // reload; a lease granted twice is reported as existing and skipped.)
+    lessor.adopt_orphans(&log, config.orphan_lease_ttl).await;
+    let app = grpc_routes(&ctx, &config, shutdown.clone())
+        .await?
+        .layer(GrpcMetricsLayer)
+        .merge(http::routes(health.clone()));
+    health.set_context(ctx);
+    health.set_phase(Phase::Serving);
+    let server = tokio::spawn(http::serve(
+        listener,
+        tls,
+        app,
+        shutdown.clone(),
+        config.shutdown_timeout,
+    ));
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(
+        phase = "serving",
+        addr = %local,
+        startup_ms = started.elapsed().as_millis() as u64,
+        try_it = %format!("ETCDCTL_API=3 etcdctl --endpoints={scheme}://{local} put foo bar"),
+        "serving etcd v3 API"
+    );
+    shutdown.cancelled().await;
+    health.set_phase(Phase::Stopping);
+    let stopping = Instant::now();
+    tracing::info!(
+        phase = "shutdown",
+        "stopped accepting; draining in-flight requests"
+    );
+    // http::serve bounds the drain itself; the margin covers a task that failed to start.
+    match tokio::time::timeout(config.shutdown_timeout + Duration::from_secs(1), server).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "client server task failed"),
+        Err(_) => tracing::warn!("in-flight requests did not finish in time"),
+    }
+    writer_stop.cancel();
+    let _ = expiry.await;
+    // Releasing the lease is one conditional PUT; bounded so a dead store cannot hold
+    // the process (a successor then waits for the lease to expire instead).
+    if tokio::time::timeout(config.shutdown_timeout, supervisor)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the writer did not stop in time; the leader lease was not released");
+    }
+    if let Some(m) = metrics_server {
+        let _ = m.await;
+    }
+    tracing::info!(
+        phase = "stopped",
+        duration_ms = stopping.elapsed().as_millis() as u64,
+        "stopped"
+    );
+    Ok(())
+}
+
+/// The etcd gRPC services, health and reflection, as an axum router.
+async fn grpc_routes(
+    ctx: &Context,
+    config: &Config,
+    streams_stop: CancellationToken,
+) -> anyhow::Result<axum::Router> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<etcdserverpb::kv_server::KvServer<api::kv::KvService>>()
@@ -148,61 +273,35 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .build_v1()
         .context("building reflection service")?;
     let max_msg = config.limits.max_request_bytes + 512 * 1024;
-    let streams_stop = shutdown.clone();
-    let server = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(
-            etcdserverpb::kv_server::KvServer::new(api::kv::KvService::new(ctx.clone()))
-                .max_decoding_message_size(max_msg)
-                .max_encoding_message_size(usize::MAX),
-        )
-        .add_service(
-            etcdserverpb::watch_server::WatchServer::new(api::watch::WatchService::new(
-                ctx.clone(),
-                config.progress_notify_interval,
-                streams_stop.clone(),
-            ))
+    let routes = tonic::service::Routes::new(
+        etcdserverpb::kv_server::KvServer::new(api::kv::KvService::new(ctx.clone()))
             .max_decoding_message_size(max_msg)
             .max_encoding_message_size(usize::MAX),
-        )
-        .add_service(etcdserverpb::lease_server::LeaseServer::new(
-            api::lease::LeaseService::new(ctx.clone(), streams_stop.clone()),
+    )
+    .add_service(
+        etcdserverpb::watch_server::WatchServer::new(api::watch::WatchService::new(
+            ctx.clone(),
+            config.progress_notify_interval,
+            streams_stop.clone(),
         ))
-        .add_service(etcdserverpb::maintenance_server::MaintenanceServer::new(
-            api::maintenance::MaintenanceService::new(ctx.clone()),
-        ))
-        .add_service(etcdserverpb::cluster_server::ClusterServer::new(
-            api::cluster::ClusterService::new(ctx.clone()),
-        ))
-        .add_service(etcdserverpb::auth_server::AuthServer::new(
-            api::auth::AuthService,
-        ))
-        .add_service(health_service)
-        .add_service(reflection)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown.clone().cancelled_owned(),
-        );
-    tracing::info!(
-        addr = %local,
-        startup_ms = started.elapsed().as_millis() as u64,
-        try_it = %format!("ETCDCTL_API=3 etcdctl --endpoints={local} put foo bar"),
-        "serving etcd v3 API"
-    );
-    let server = tokio::spawn(server);
-    shutdown.cancelled().await;
-    tracing::info!("shutting down: draining in-flight requests");
-    match tokio::time::timeout(config.shutdown_timeout, server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server stopped with an error"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server task failed"),
-        Err(_) => tracing::warn!("in-flight requests did not finish in time"),
-    }
-    writer_stop.cancel();
-    let _ = expiry.await;
-    let _ = supervisor.await;
-    tracing::info!("stopped");
-    Ok(())
+        .max_decoding_message_size(max_msg)
+        .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(etcdserverpb::lease_server::LeaseServer::new(
+        api::lease::LeaseService::new(ctx.clone(), streams_stop.clone()),
+    ))
+    .add_service(etcdserverpb::maintenance_server::MaintenanceServer::new(
+        api::maintenance::MaintenanceService::new(ctx.clone()),
+    ))
+    .add_service(etcdserverpb::cluster_server::ClusterServer::new(
+        api::cluster::ClusterService::new(ctx.clone()),
+    ))
+    .add_service(etcdserverpb::auth_server::AuthServer::new(
+        api::auth::AuthService,
+    ))
+    .add_service(health_service)
+    .add_service(reflection);
+    Ok(routes.prepare().into_axum_router())
 }
 
 /// Owns writing: runs the writer while this node leads, re-acquires and reloads after it
@@ -219,9 +318,12 @@ async fn supervise(
     mut last_snapshot: Option<i64>,
     term: Arc<AtomicU64>,
     lessor: Arc<Lessor>,
+    health: Arc<Health>,
     stop: CancellationToken,
 ) {
     loop {
+        health.set_leading(true);
+        METRICS.set_leading(Some(leader.term()));
         let renew_stop = CancellationToken::new();
         let renewer = {
             let (leader, renew_stop) = (leader.clone(), renew_stop.clone());
@@ -250,6 +352,8 @@ async fn supervise(
         )
         .await;
         renew_stop.cancel();
+        health.set_leading(false);
+        METRICS.set_leading(None);
         let _ = snapshotter.await;
         adopt.abort();
         let renewal = renewer.await;

@@ -1,6 +1,7 @@
 //! etcd's Watch service: one task per stream, many watchers per stream.
 
 use super::Context;
+use crate::metrics::METRICS;
 use crate::mvcc::KeyRange;
 use crate::proto::etcdserverpb::watch_server::Watch;
 use crate::proto::etcdserverpb::{
@@ -58,6 +59,7 @@ impl Watch for WatchService {
             next_id: 0,
             active: BTreeSet::new(),
         };
+        METRICS.watch_streams.inc();
         tokio::spawn(stream.run(inbound, self.progress_interval, self.stop.clone()));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
@@ -72,6 +74,13 @@ struct StreamTask {
     next_id: i64,
     /// Watchers that received events since the last progress tick.
     active: BTreeSet<i64>,
+}
+
+impl Drop for StreamTask {
+    fn drop(&mut self) {
+        METRICS.watchers.sub(self.watchers.len() as i64);
+        METRICS.watch_streams.dec();
+    }
 }
 
 impl StreamTask {
@@ -131,6 +140,7 @@ impl StreamTask {
             Some(watch_request::RequestUnion::CancelRequest(c))
                 if self.watchers.remove(&c.watch_id).is_some() =>
             {
+                METRICS.watchers.dec();
                 let rev = self.ctx.log.state().revision;
                 self.send(WatchResponse {
                     header: self.ctx.header(rev),
@@ -196,6 +206,7 @@ impl StreamTask {
             fragment: c.fragment,
         };
         self.watchers.insert(id, watcher);
+        METRICS.watchers.inc();
         self.send(WatchResponse {
             header: self.ctx.header(state.revision),
             watch_id: id,
@@ -215,6 +226,7 @@ impl StreamTask {
                     Sync::Idle => break,
                     Sync::Compacted(compact_revision) => {
                         self.watchers.remove(&id);
+                        METRICS.watchers.dec();
                         // etcd's compaction cancel carries no revision in its header.
                         self.send(WatchResponse {
                             header: self.ctx.header(0),

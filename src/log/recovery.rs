@@ -54,6 +54,8 @@ pub struct Recovered {
     pub next: Position,
     /// The snapshot loaded, if any, and the revision it covers.
     pub snapshot: Option<(String, i64)>,
+    /// When the loaded snapshot was stored (the store's modification time, Unix ms).
+    pub snapshot_stored_ms: Option<i64>,
     pub chunks: usize,
     pub records: u64,
     pub bytes: u64,
@@ -112,11 +114,11 @@ async fn load_snapshot(
 /// Rebuilds the state from `store`.
 pub async fn recover(store: &dyn ObjectStore) -> Result<Recovered, RecoveryError> {
     let started = Instant::now();
-    let mut snapshots: Vec<(i64, String)> = store
+    let mut snapshots: Vec<(i64, String, i64)> = store
         .list(layout::SNAPSHOTS, None)
         .await?
         .into_iter()
-        .filter_map(|m| layout::parse_snapshot_key(&m.key).map(|r| (r, m.key)))
+        .filter_map(|m| layout::parse_snapshot_key(&m.key).map(|r| (r, m.key, m.last_modified_ms)))
         .collect();
     snapshots.sort();
     let chunk_keys: Vec<(i64, String)> = store
@@ -140,7 +142,8 @@ pub async fn recover(store: &dyn ObjectStore) -> Result<Recovered, RecoveryError
     let mut bytes = 0u64;
     let mut base: Option<(State, i64, String)> = None;
     let mut snapshot_errors = Vec::new();
-    while let Some((_, key)) = snapshots.pop() {
+    let mut snapshot_stored_ms = None;
+    while let Some((_, key, stored_ms)) = snapshots.pop() {
         match load_snapshot(store, &key).await {
             Ok((state, rev, size)) => {
                 bytes += size;
@@ -151,6 +154,7 @@ pub async fn recover(store: &dyn ObjectStore) -> Result<Recovered, RecoveryError
                     "loaded snapshot"
                 );
                 base = Some((state, rev, key));
+                snapshot_stored_ms = Some(stored_ms);
                 break;
             }
             Err(e) => {
@@ -285,6 +289,7 @@ pub async fn recover(store: &dyn ObjectStore) -> Result<Recovered, RecoveryError
         state,
         next,
         snapshot,
+        snapshot_stored_ms,
         chunks: chunks.len(),
         records,
         bytes,

@@ -69,7 +69,8 @@ pub async fn write_snapshot(
     state: std::sync::Arc<State>,
     leader_id: &str,
 ) -> Result<String, SnapshotError> {
-    let key = layout::snapshot_key(state.revision);
+    let revision = state.revision;
+    let key = layout::snapshot_key(revision);
     let leader_id = leader_id.to_string();
     let encoded = tokio::task::spawn_blocking(move || {
         let mut records = state.to_records();
@@ -89,6 +90,7 @@ pub async fn write_snapshot(
     match store.put(&key, bytes.into(), PutMode::Create).await {
         Ok(_) => {
             tracing::info!(key, records, bytes = size, "wrote snapshot");
+            crate::metrics::METRICS.snapshot_taken(revision, now_ms());
             Ok(key)
         }
         Err(e) if e.is_conflict() => Ok(key),
@@ -208,7 +210,10 @@ pub async fn run(
                     base_records += records;
                     base_bytes += bytes;
                 }
-                Err(e) => tracing::warn!(error = %e, "snapshot failed; will retry"),
+                Err(e) => {
+                    crate::metrics::METRICS.snapshot_failures.inc();
+                    tracing::warn!(error = %e, "snapshot failed; will retry")
+                }
             }
         }
         if last_cleanup.is_none_or(|t| t.elapsed() >= cleanup_every) {

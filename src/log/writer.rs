@@ -261,6 +261,26 @@ pub async fn run_writer(
         let put = store
             .put(&key, Bytes::from(encoded), crate::store::PutMode::Create)
             .await;
+        let m = &crate::metrics::METRICS;
+        m.chunk_put_seconds.observe(started.elapsed().as_secs_f64());
+        let failure = match &put {
+            Ok(_) if leader.is_valid() => None,
+            Ok(_) => Some("lease_expired"),
+            Err(e) if e.is_conflict() => Some("conflict"),
+            Err(crate::store::StoreError::Transient { .. }) => Some("transient"),
+            Err(_) => Some("error"),
+        };
+        match failure {
+            None => {
+                m.batch_records.observe(records.len() as f64);
+                m.batch_requests.observe(batch.len() as f64);
+                m.chunk_bytes.observe(size as f64);
+            }
+            Some(reason) => {
+                m.chunk_put_failures.with_label_values(&[reason]).inc();
+                m.proposals_failed.inc_by(batch.len() as u64);
+            }
+        }
         match put {
             Ok(_) if leader.is_valid() => {
                 tracing::debug!(

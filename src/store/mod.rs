@@ -13,6 +13,7 @@
 pub mod conformance;
 pub mod local;
 pub mod memory;
+pub mod metered;
 pub mod s3;
 
 use async_trait::async_trait;
@@ -102,8 +103,13 @@ pub struct StoreOptions {
 }
 
 /// Opens a store from a URL: `file:///path`, a plain directory path, `s3://bucket/prefix`
-/// or `memory://`.
+/// or `memory://`, measured by [`metered::Metered`].
 pub async fn open(url: &str, options: &StoreOptions) -> anyhow::Result<DynStore> {
+    let store = open_backend(url, options).await?;
+    Ok(Arc::new(metered::Metered(store)))
+}
+
+async fn open_backend(url: &str, options: &StoreOptions) -> anyhow::Result<DynStore> {
     if let Some(path) = url.strip_prefix("file://") {
         anyhow::ensure!(
             path.starts_with('/'),

@@ -1,0 +1,218 @@
+//! One listener for gRPC and HTTP, plain or TLS, and the HTTP endpoints.
+//!
+//! etcd answers gRPC and HTTP/1.1 (`/metrics`, `/health`, `/version`) on the same client
+//! URL, and tools depend on it: `etcdctl check datascale` fetches `/metrics` from the
+//! endpoint it writes to, load balancers probe `/health` there. So connections are served
+//! by hyper's auto-detecting builder (h2 prior knowledge for gRPC, HTTP/1.1 otherwise),
+//! with TLS in front when configured. The same endpoints are served from process start on
+//! `--listen-metrics-urls`, so readiness can be observed while the bucket is replayed.
+
+use crate::api::Context;
+use crate::tls::Reloader;
+use axum::response::IntoResponse;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Where the node is in its life, for `/readyz` and `/health`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    Starting = 0,
+    WaitingForLease = 1,
+    Replaying = 2,
+    Serving = 3,
+    Stopping = 4,
+}
+
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::WaitingForLease => "waiting for the leader lease",
+            Phase::Replaying => "replaying the bucket",
+            Phase::Serving => "serving",
+            Phase::Stopping => "stopping",
+        }
+    }
+}
+
+/// What the HTTP endpoints report; shared by the server's phases.
+#[derive(Default)]
+pub struct Health {
+    phase: AtomicU8,
+    leading: AtomicBool,
+    ctx: OnceLock<Context>,
+}
+
+impl Health {
+    pub fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::SeqCst);
+        crate::metrics::METRICS
+            .ready
+            .set((phase == Phase::Serving) as i64);
+    }
+
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::SeqCst) {
+            0 => Phase::Starting,
+            1 => Phase::WaitingForLease,
+            2 => Phase::Replaying,
+            3 => Phase::Serving,
+            _ => Phase::Stopping,
+        }
+    }
+
+    pub fn set_leading(&self, leading: bool) {
+        self.leading.store(leading, Ordering::SeqCst);
+    }
+
+    pub fn set_context(&self, ctx: Context) {
+        let _ = self.ctx.set(ctx);
+    }
+
+    /// Ready: the bucket is replayed and reads are served.
+    fn ready(&self) -> Result<(), String> {
+        match self.phase() {
+            Phase::Serving => Ok(()),
+            p => Err(p.name().to_string()),
+        }
+    }
+
+    /// Healthy: ready, and writes can be committed (this node holds the leader lease).
+    fn healthy(&self) -> Result<(), String> {
+        self.ready()?;
+        if self.leading.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err("no leader: this node lost the leader lease and is waiting to lead again".into())
+        }
+    }
+}
+
+fn verdict(r: Result<(), String>) -> axum::response::Response {
+    let (code, health, reason) = match r {
+        Ok(()) => (http::StatusCode::OK, "true", String::new()),
+        Err(reason) => (http::StatusCode::SERVICE_UNAVAILABLE, "false", reason),
+    };
+    (
+        code,
+        axum::Json(serde_json::json!({ "health": health, "reason": reason })),
+    )
+        .into_response()
+}
+
+/// `/metrics`, `/health`, `/livez`, `/readyz`, `/version`.
+pub fn routes(health: Arc<Health>) -> axum::Router {
+    use axum::routing::get;
+    let (h1, h2, h3) = (health.clone(), health.clone(), health);
+    axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let text = crate::metrics::render(h1.ctx.get());
+                async move {
+                    (
+                        [(
+                            http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        text,
+                    )
+                }
+            }),
+        )
+        .route("/health", get(move || async move { verdict(h2.healthy()) }))
+        .route("/readyz", get(move || async move { verdict(h3.ready()) }))
+        .route("/livez", get(|| async { verdict(Ok(())) }))
+        .route(
+            "/version",
+            get(|| async {
+                axum::Json(serde_json::json!({
+                    "etcdserver": crate::api::maintenance::ETCD_VERSION,
+                    "etcdcluster": "3.5.0",
+                }))
+            }),
+        )
+}
+
+/// Serves `app` on `listener` until `shutdown`, then lets open connections finish their
+/// requests for at most `drain`.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<Reloader>>,
+    app: axum::Router,
+    shutdown: CancellationToken,
+    drain: Duration,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let (builder, service, watcher, tls) = (
+            builder.clone(),
+            service.clone(),
+            graceful.watcher(),
+            tls.clone(),
+        );
+        tokio::spawn(async move {
+            let result = match tls {
+                None => {
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(conn).await
+                }
+                Some(tls) => {
+                    let handshake = tls.acceptor().accept(stream);
+                    match tokio::time::timeout(Duration::from_secs(10), handshake).await {
+                        Ok(Ok(stream)) => {
+                            let conn = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            watcher.watch(conn).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(drain) => {
+            tracing::warn!(drain_ms = drain.as_millis() as u64, "connections still open after the drain timeout; closing them");
+        }
+    }
+}
