@@ -75,6 +75,13 @@ impl Netsy {
     }
 
     pub async fn start_on(store: &str, port: u16, extra: &[&str]) -> Netsy {
+        let mut n = Self::spawn(store, port, extra);
+        n.wait_ready().await;
+        n
+    }
+
+    /// Starts `netsy serve` without waiting for it to answer.
+    pub fn spawn(store: &str, port: u16, extra: &[&str]) -> Netsy {
         let addr = format!("127.0.0.1:{port}");
         let log_path =
             std::env::temp_dir().join(format!("netsy-test-{port}-{:x}.log", rand::random::<u32>()));
@@ -92,14 +99,31 @@ impl Netsy {
             .stderr(log)
             .spawn()
             .expect("spawn netsy");
-        let mut n = Netsy {
+        Netsy {
             child,
             addr,
             store: store.to_string(),
             log_path,
-        };
-        n.wait_ready().await;
-        n
+        }
+    }
+
+    /// Polls `GET path` on `addr` (plain HTTP) until it answers `status`.
+    pub async fn wait_http(&mut self, addr: &str, path: &str, status: u16) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(exit)) = self.child.try_wait() {
+                panic!("netsy exited early ({exit}):\n{}", self.log());
+            }
+            if let Ok((code, body)) = http_get(addr, path).await {
+                if code == status {
+                    return body;
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                panic!("{path} on {addr} never answered {status}:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn wait_ready(&mut self) {
@@ -147,6 +171,42 @@ impl Netsy {
         unsafe_sigterm(self.child.id());
         self.child.wait().unwrap()
     }
+}
+
+/// A plain HTTP/1.1 GET: status code and body.
+pub async fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+        .await
+        .map_err(|_| std::io::Error::other("timed out"))??;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not HTTP: {text}")))?;
+    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or_default();
+    Ok((code, body.to_string()))
+}
+
+/// Runs etcdctl (v3 API) with `args`; returns (success, stdout, stderr).
+pub fn etcdctl(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new("etcdctl")
+        .args(args)
+        .env("ETCDCTL_API", "3")
+        .output()
+        .expect("etcdctl is installed (scripts/test.sh installs it)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
 }
 
 fn unsafe_sigterm(pid: u32) {
