@@ -60,6 +60,10 @@ struct S3Args {
 
 #[derive(Args)]
 struct ServeArgs {
+    /// TOML file of options, keyed by the long flag names (`s3-bucket = "b"`). Flags and
+    /// environment variables override it.
+    #[arg(long, env = "NETSY_CONFIG_FILE")]
+    config_file: Option<PathBuf>,
     /// Object store: file:///dir, a directory path, or s3://bucket/prefix.
     #[arg(long, env = "NETSY_STORE")]
     store: Option<String>,
@@ -287,9 +291,90 @@ fn init_tracing(format: &str) {
     }
 }
 
+/// The command line with the config file's options added where neither a flag nor an
+/// environment variable set them (so the order of precedence is flag, env, file, default).
+fn parse_cli() -> Cli {
+    use clap::parser::ValueSource;
+    use clap::{ArgAction, CommandFactory};
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let matches = Cli::command().get_matches_from(&args);
+    let Some(("serve", serve)) = matches.subcommand() else {
+        return Cli::parse_from(&args);
+    };
+    let Some(path) = serve.get_one::<PathBuf>("config_file") else {
+        return Cli::parse_from(&args);
+    };
+    let fail = |message: String| -> ! {
+        eprintln!("netsy: config file {}: {message}", path.display());
+        std::process::exit(2)
+    };
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| fail(e.to_string()));
+    let table: toml::Table = text
+        .parse()
+        .unwrap_or_else(|e: toml::de::Error| fail(e.to_string()));
+    let command = Cli::command();
+    let serve_command = command
+        .find_subcommand("serve")
+        .expect("serve exists")
+        .clone();
+    let mut extra: Vec<std::ffi::OsString> = Vec::new();
+    for (key, value) in table {
+        let named = |a: &&clap::Arg| a.get_long() == Some(key.as_str()) && key != "config-file";
+        let (arg, set_in) = serve_command
+            .get_arguments()
+            .find(named)
+            .map(|a| (a, serve))
+            .or_else(|| command.get_arguments().find(named).map(|a| (a, &matches)))
+            .unwrap_or_else(|| {
+                fail(format!(
+                    "unknown option `{key}` (keys are the long flags of `netsy serve --help`, e.g. s3-bucket)"
+                ))
+            });
+        let id = arg.get_id().as_str();
+        let source = set_in.value_source(id);
+        if matches!(
+            source,
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        ) {
+            continue;
+        }
+        let scalar = |v: &toml::Value| match v {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            _ => fail(format!("`{key}` must be a string, number or boolean")),
+        };
+        match (&value, arg.get_action()) {
+            (toml::Value::Boolean(b), ArgAction::SetTrue) => {
+                if *b {
+                    extra.push(format!("--{key}").into());
+                }
+            }
+            (_, ArgAction::SetTrue) => fail(format!("`{key}` must be true or false")),
+            (toml::Value::Array(items), _) => {
+                let joined: Vec<String> = items.iter().map(scalar).collect();
+                extra.push(format!("--{key}={}", joined.join(",")).into());
+            }
+            (v, _) => extra.push(format!("--{key}={}", scalar(v)).into()),
+        }
+    }
+    let mut all = args;
+    all.extend(extra);
+    Cli::try_parse_from(all).unwrap_or_else(|e| {
+        // Flags and env parsed before the file's options were added: the error is the file's.
+        fail(
+            e.to_string()
+                .trim_start_matches("error: ")
+                .trim()
+                .to_string(),
+        )
+    })
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     init_tracing(&cli.log_format);
     let result = match cli.command {
         Command::Serve(args) => match (*args).config() {

@@ -211,3 +211,96 @@ async fn second_server_waits_then_takes_over_after_kill_9() {
     let put = c.put("b", "2", None).await.unwrap();
     assert_eq!(put.header().unwrap().revision(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_file_sets_options_that_flags_and_env_override() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let file = dir.path().join("netsy.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"store = "{store}"
+listen-client-addr = "127.0.0.1:{port}"
+name = "from-file"
+max-txn-ops = 2
+advertise-client-urls = ["http://a.example:2379", "http://b.example:2379"]
+log-format = "json"
+progress-notify-interval-ms = 7000
+"#,
+            store = dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_netsy"))
+        .args(["serve", "--config-file", file.to_str().unwrap()])
+        .args(["--name", "from-flag"])
+        .env("NETSY_PROGRESS_NOTIFY_INTERVAL_MS", "6000")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut c = loop {
+        if let Ok(mut c) = etcd_client::Client::connect([addr.as_str()], None).await {
+            if c.status().await.is_ok() {
+                break c;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let members = c.member_list().await.unwrap();
+    let m = &members.members()[0];
+    assert_eq!(m.name(), "from-flag", "a flag beats the file");
+    assert_eq!(
+        m.client_urls(),
+        ["http://a.example:2379", "http://b.example:2379"]
+    );
+    let ops: Vec<etcd_client::TxnOp> = (0..3)
+        .map(|i| etcd_client::TxnOp::put(format!("k{i}"), "v", None))
+        .collect();
+    let err = c
+        .txn(etcd_client::Txn::new().and_then(ops))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("too many operations in txn request"),
+        "{err}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let first: serde_json::Value =
+        serde_json::from_str(text.lines().next().unwrap()).expect("JSON logs from the file");
+    assert_eq!(first["level"], "INFO");
+
+    // Bad files fail at start naming the file and the option.
+    for (content, expected) in [
+        (
+            "max-txn-ops = \"lots\"",
+            "invalid value 'lots' for '--max-txn-ops",
+        ),
+        ("no-such-option = 1", "unknown option `no-such-option`"),
+        (
+            "client-cert-auth = \"yes\"",
+            "`client-cert-auth` must be true or false",
+        ),
+        ("store = [", "TOML parse error"),
+    ] {
+        std::fs::write(&file, content).unwrap();
+        let out = netsy(&["serve", "--config-file", file.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{content} must fail");
+        assert!(
+            err.contains(&format!("config file {}", file.display())) && err.contains(expected),
+            "{content}: expected {expected:?} in {err}"
+        );
+    }
+}
