@@ -1,16 +1,23 @@
-# Developer shortcuts; every recipe is a plain script underneath.
+# Developer shortcuts; every recipe is a plain script or cargo command underneath.
+# `scripts/test.sh` installs just if it is missing (cargo install --locked just).
 
-# Run Netsy on the embedded default store (./data).
+# Run Netsy on the embedded default store (./data), plain HTTP on 127.0.0.1:2379.
 run *ARGS:
     cargo run --release -- serve {{ARGS}}
 
-# LocalStack, then Netsy against it.
-dev:
+# LocalStack, dev certificates (./certs), then Netsy against LocalStack with mutual TLS on
+# 127.0.0.1:2379 and /metrics on 127.0.0.1:2381. Talk to it with `just etcdctl ...`.
+dev *ARGS:
     scripts/localstack.sh start
+    scripts/certs.sh certs
     AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 \
-    cargo run --release -- serve --store s3://netsy-test/dev --s3-endpoint http://127.0.0.1:4566 --s3-force-path-style
+    cargo run --release -- serve --store s3://netsy-test/dev \
+      --s3-endpoint http://127.0.0.1:4566 --s3-force-path-style \
+      --cert-file certs/server.pem --key-file certs/server-key.pem \
+      --trusted-ca-file certs/ca.pem --client-cert-auth \
+      --listen-metrics-addr 127.0.0.1:2381 {{ARGS}}
 
-# The whole test suite (installs LocalStack and etcd if missing).
+# The whole test suite (installs LocalStack, etcd, etcdctl, openssl and just if missing).
 test *ARGS:
     scripts/test.sh {{ARGS}}
 
@@ -18,6 +25,14 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --all-targets -- -D warnings
 
-# etcdctl against the local Netsy.
+# etcdctl against the local Netsy (TLS with ./certs when it speaks TLS).
 etcdctl *ARGS:
-    ETCDCTL_API=3 etcdctl --endpoints=127.0.0.1:2379 {{ARGS}}
+    scripts/etcdctl.sh {{ARGS}}
+
+# Make (or keep) the dev certificates in ./certs.
+certs *ARGS:
+    scripts/certs.sh certs {{ARGS}}
+
+# kube-apiserver (Docker) against `just dev`.
+kube-apiserver:
+    scripts/kube-apiserver.sh

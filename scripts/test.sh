@@ -2,18 +2,27 @@
 # The whole test suite, on a fresh Debian machine with only Rust installed.
 #
 # Installs, if missing: LocalStack (pinned, in a Python venv under ~/.cache/netsy, or Docker
-# when an engine answers) and etcd 3.4 + etcdctl (Debian packages etcd-server and
-# etcd-client, for the etcdctl and differential tests). Then starts LocalStack, and runs
+# when an engine answers); etcd 3.4 + etcdctl, curl and openssl (Debian packages
+# etcd-server, etcd-client, curl, openssl: the etcdctl, differential and TLS tests); and
+# just (cargo install --locked, for the Justfile). Then starts LocalStack, and runs
 # cargo fmt --check, clippy with -D warnings, and every test (unit tests, and behaviour
 # tests against the real binary, LocalStack and etcd).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null || ! command -v curl >/dev/null; then
-  echo "test.sh: installing etcd-server etcd-client curl (Debian packages)" >&2
+missing=()
+for pair in etcd:etcd-server etcdctl:etcd-client curl:curl openssl:openssl; do
+  command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "test.sh: installing ${missing[*]} (Debian packages)" >&2
   sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq etcd-server etcd-client curl >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if ! command -v just >/dev/null; then
+  echo "test.sh: installing just 1.59.0 (cargo install --locked)" >&2
+  cargo install --locked --quiet just@1.59.0
 fi
 
 scripts/localstack.sh start
