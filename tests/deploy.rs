@@ -32,7 +32,9 @@ fn iam_policy_grants_exactly_the_s3_calls_the_store_makes() {
             "delete_object" => "s3:DeleteObject",
             "list_objects_v2" => "s3:ListBucket",
             c if c.ends_with("_object") || c.ends_with("_bucket") || c.starts_with("list_") => {
-                panic!("src/store/s3.rs calls {c}: map it here and grant it in deploy/iam-policy.json")
+                panic!(
+                    "src/store/s3.rs calls {c}: map it here and grant it in deploy/iam-policy.json"
+                )
             }
             _ => continue,
         };
@@ -54,11 +56,7 @@ fn iam_policy_grants_exactly_the_s3_calls_the_store_makes() {
 #[test]
 fn every_variable_the_deploy_files_set_is_read_by_netsy_serve() {
     let help = serve_help();
-    for file in [
-        "deploy/netsy.env",
-        "deploy/userdata.sh",
-        "Containerfile",
-    ] {
+    for file in ["deploy/netsy.env", "deploy/userdata.sh", "Containerfile"] {
         let text = read(file);
         let names: BTreeSet<&str> = text
             .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
@@ -89,7 +87,10 @@ fn every_serve_option_is_in_the_readme() {
         .iter()
         .filter(|f| !readme.contains(&format!("`{f}`")))
         .collect();
-    assert!(missing.is_empty(), "README's configuration table lacks {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "README's configuration table lacks {missing:?}"
+    );
 }
 
 #[test]
@@ -129,7 +130,18 @@ fn scripts_parse_and_the_justfile_lists_its_recipes() {
         .split_whitespace()
         .map(String::from)
         .collect();
-    for r in ["run", "dev", "test", "lint", "etcdctl", "certs", "kube-apiserver"] {
-        assert!(recipes.contains(r), "Justfile has no {r} recipe: {recipes:?}");
+    for r in [
+        "run",
+        "dev",
+        "test",
+        "lint",
+        "etcdctl",
+        "certs",
+        "kube-apiserver",
+    ] {
+        assert!(
+            recipes.contains(r),
+            "Justfile has no {r} recipe: {recipes:?}"
+        );
     }
 }

@@ -292,3 +292,29 @@ async fn grpc_health_and_reflection_answer() {
         assert!(names.contains(&svc), "{names:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_drains_loses_nothing_and_exits_in_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("file://{}", dir.path().display());
+    let acked: Acked = Arc::default();
+    let mut n = Netsy::start(&store, &["--shutdown-timeout-seconds", "5"]).await;
+    // Open streams (a watch, a keepalive) must not hold the shutdown up.
+    let mut c = n.client().await.unwrap();
+    let _watch = c.watch("/registry/", None).await.unwrap();
+    let lease = c.lease_grant(60, None).await.unwrap();
+    let _keepalive = c.lease_keep_alive(lease.id()).await.unwrap();
+    let writers = spawn_writers(n.addr.clone(), acked.clone(), 0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    assert!(n.terminate().success(), "{}", n.log());
+    let took = started.elapsed();
+    for w in writers {
+        let _ = w.await;
+    }
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    assert!(n.log().contains("released leader lease"), "{}", n.log());
+    let n = Netsy::start(&store, &[]).await;
+    verify(&n, &acked).await;
+    assert!(acked.lock().unwrap().len() > 10);
+}
