@@ -36,3 +36,8 @@ certs *ARGS:
 # kube-apiserver (Docker) against `just dev`.
 kube-apiserver:
     scripts/kube-apiserver.sh
+
+# Netsy next to a fresh etcd (and LocalStack if running): `netsy bench` + check perf.
+bench *ARGS:
+    cargo build --release
+    scripts/bench.sh {{ARGS}}

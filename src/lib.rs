@@ -6,6 +6,7 @@
 //! `server` (wiring), `inspect` (the CLI's file viewer).
 
 pub mod api;
+pub mod bench;
 pub mod clock;
 pub mod format;
 pub mod http;

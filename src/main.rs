@@ -30,6 +30,8 @@ struct Cli {
 enum Command {
     /// Serve the etcd v3 API from a bucket.
     Serve(Box<ServeArgs>),
+    /// Benchmark etcd v3 endpoints (Netsy, etcd) with the same client and workloads.
+    Bench(Box<BenchArgs>),
     /// Show a .netsy file (path, file:// or s3:// URL) and verify its CRCs.
     Inspect {
         /// Path or URL of the file.
@@ -56,6 +58,125 @@ struct S3Args {
     /// Role to assume through STS on top of the default credential chain.
     #[arg(long, env = "NETSY_S3_ASSUME_ROLE_ARN")]
     s3_assume_role_arn: Option<String>,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// A server to measure, NAME=HOST:PORT (plain http); repeat to compare. Ratios are to
+    /// the first.
+    #[arg(long = "target", default_value = "netsy=127.0.0.1:2379")]
+    targets: Vec<netsy::bench::Target>,
+    /// Workloads to run (repeat, or comma-separated); `startup` runs in-process.
+    #[arg(long = "workload", value_delimiter = ',', default_values = ["put", "get", "get-serializable", "txn", "list", "watch", "mixed"])]
+    workloads: Vec<BenchWorkload>,
+    /// Concurrent clients (writers, for watch).
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// gRPC connections the clients share.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Seconds each timed workload runs.
+    #[arg(long, default_value_t = 10)]
+    duration_seconds: u64,
+    /// Keys written or read (memory: keys loaded).
+    #[arg(long, default_value_t = 10_000)]
+    keys: usize,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    /// Watch streams for the watch workload.
+    #[arg(long, default_value_t = 16)]
+    watchers: usize,
+    /// startup: records in the chunk log.
+    #[arg(long, default_value_t = 1_000_000)]
+    startup_records: usize,
+    /// startup: records per chunk.
+    #[arg(long, default_value_t = 1000)]
+    startup_records_per_chunk: usize,
+    /// startup: MiB of keys and values in the snapshot (0 skips it).
+    #[arg(long, default_value_t = 1024)]
+    startup_snapshot_mib: usize,
+    /// startup: directory for the generated buckets (default: the system temp dir).
+    #[arg(long)]
+    startup_dir: Option<PathBuf>,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BenchWorkload {
+    Put,
+    Get,
+    GetSerializable,
+    Txn,
+    List,
+    Watch,
+    Mixed,
+    Memory,
+    Startup,
+}
+
+async fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    use netsy::bench::{self, Workload};
+    let mut outcomes = Vec::new();
+    let online: Vec<Workload> = a
+        .workloads
+        .iter()
+        .filter_map(|w| match w {
+            BenchWorkload::Put => Some(Workload::Put),
+            BenchWorkload::Get => Some(Workload::Get),
+            BenchWorkload::GetSerializable => Some(Workload::GetSerializable),
+            BenchWorkload::Txn => Some(Workload::Txn),
+            BenchWorkload::List => Some(Workload::List),
+            BenchWorkload::Watch => Some(Workload::Watch),
+            BenchWorkload::Mixed => Some(Workload::Mixed),
+            BenchWorkload::Memory => Some(Workload::Memory),
+            BenchWorkload::Startup => None,
+        })
+        .collect();
+    anyhow::ensure!(a.clients > 0, "--clients must be positive");
+    anyhow::ensure!(a.connections > 0, "--connections must be positive");
+    let options = bench::Options {
+        clients: a.clients,
+        connections: a.connections,
+        duration: Duration::from_secs(a.duration_seconds.max(1)),
+        keys: a.keys,
+        value_size: a.value_size,
+        watchers: a.watchers,
+    };
+    if !online.is_empty() {
+        outcomes.extend(bench::run(&a.targets, &online, &options).await?);
+    }
+    if a.workloads.contains(&BenchWorkload::Startup) {
+        let dir = tempfile_dir(a.startup_dir.as_deref())?;
+        eprintln!("bench: startup in {}", dir.display());
+        let result = bench::startup::run(
+            &bench::startup::StartupOptions {
+                records: a.startup_records,
+                per_chunk: a.startup_records_per_chunk.max(1),
+                value_size: a.value_size,
+                snapshot_mib: a.startup_snapshot_mib,
+            },
+            &dir,
+        )
+        .await;
+        let _ = std::fs::remove_dir_all(&dir);
+        outcomes.extend(result?);
+    }
+    println!("{}", bench::print_table(&outcomes));
+    if let Some(path) = a.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&outcomes)?)?;
+        eprintln!("bench: wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn tempfile_dir(base: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
+    let base = base.map_or_else(std::env::temp_dir, PathBuf::from);
+    let dir = base.join(format!("netsy-bench-{:08x}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 #[derive(Args)]
@@ -395,6 +516,7 @@ async fn main() -> std::process::ExitCode {
             }
             Err(e) => Err(e),
         },
+        Command::Bench(args) => bench(*args).await,
         Command::Inspect { target, json, s3 } => {
             match netsy::inspect::fetch(&target, &s3.options()).await {
                 Ok(data) => {

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Netsy next to etcd, same client, same machine, same run (`just bench`):
+#   1. builds the release binary;
+#   2. starts a fresh etcd (the Debian etcd-server package, 3.4) and fresh Netsy nodes on the
+#      local directory store and, if LocalStack answers (scripts/localstack.sh start), on
+#      LocalStack;
+#   3. runs `netsy bench` against all of them (ratios are to etcd) and the in-process
+#      `startup` workload; then `etcdctl check perf --load=l` against etcd and Netsy (file).
+# Arguments go to `netsy bench` (e.g. --duration-seconds 5 --workload put,get).
+# Results: a table on stdout, JSON in ${BENCH_OUT:-target/bench}.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${BENCH_OUT:-target/bench}
+mkdir -p "$out"
+cargo build --release --quiet
+bin=$PWD/target/release/netsy
+command -v etcd >/dev/null || { echo "bench.sh: etcd is not installed (apt-get install etcd-server etcd-client)" >&2; exit 1; }
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_health() { # url name
+  for _ in $(seq 1 300); do curl -fsS "$1/health" >/dev/null 2>&1 && return; sleep 0.2; done
+  echo "bench.sh: $2 did not become healthy" >&2; exit 1
+}
+
+etcd_port=$(port); peer_port=$(port)
+etcd --name bench --data-dir "$work/etcd" \
+  --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+  --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+  --initial-cluster "bench=http://127.0.0.1:$peer_port" --quota-backend-bytes $((8 * 1024 * 1024 * 1024)) \
+  >"$work/etcd.log" 2>&1 &
+pids+=($!)
+file_port=$(port)
+RUST_LOG=warn "$bin" serve --store "$work/netsy" --listen-client-addr "127.0.0.1:$file_port" >"$work/netsy-file.log" 2>&1 &
+pids+=($!)
+targets=(--target "etcd=127.0.0.1:$etcd_port" --target "netsy-file=127.0.0.1:$file_port")
+wait_health "http://127.0.0.1:$etcd_port" etcd
+wait_health "http://127.0.0.1:$file_port" "netsy (file)"
+if scripts/localstack.sh status >/dev/null 2>&1; then
+  s3_port=$(port)
+  AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 RUST_LOG=warn \
+    "$bin" serve --store "s3://netsy-test/bench-$(date +%s)" --s3-endpoint http://127.0.0.1:4566 \
+    --s3-force-path-style --listen-client-addr "127.0.0.1:$s3_port" >"$work/netsy-s3.log" 2>&1 &
+  pids+=($!)
+  wait_health "http://127.0.0.1:$s3_port" "netsy (LocalStack)"
+  targets+=(--target "netsy-s3=127.0.0.1:$s3_port")
+else
+  echo "bench.sh: LocalStack is not running; skipping the S3 target (scripts/localstack.sh start)" >&2
+fi
+
+echo "# machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(etcd --version | head -1), netsy $("$bin" --version | cut -d' ' -f2)"
+"$bin" bench "${targets[@]}" --json "$out/bench.json" "$@"
+"$bin" bench --workload startup --json "$out/startup.json"
+
+export ETCDCTL_API=3
+for t in "etcd=$etcd_port" "netsy-file=$file_port"; do
+  echo "# etcdctl check perf --load=l on ${t%%=*}"
+  etcdctl --endpoints="127.0.0.1:${t#*=}" check perf --load=l 2>&1 | grep -E '^(PASS|FAIL)' || true
+done

@@ -1,0 +1,596 @@
+//! The workloads, written against the generated etcd v3 gRPC stubs.
+
+use super::report::{Latencies, Outcome};
+use super::{Options, Target, Workload};
+use crate::proto::etcdserverpb::{
+    compare, kv_client::KvClient, request_op, watch_client::WatchClient, watch_request,
+    CompactionRequest, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    WatchCreateRequest, WatchRequest,
+};
+use anyhow::Context as _;
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tonic::transport::Channel;
+
+/// Per-client tally.
+#[derive(Default)]
+struct Tally {
+    ops: u64,
+    errors: u64,
+    lat: Vec<u32>,
+    /// Highest revision acknowledged to this client.
+    revision: i64,
+}
+
+impl Tally {
+    fn record(&mut self, started: Instant, ok: bool) {
+        if ok {
+            self.ops += 1;
+            self.lat
+                .push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        } else {
+            self.errors += 1;
+        }
+    }
+}
+
+fn merge(tallies: Vec<Tally>) -> (u64, u64, Latencies, i64) {
+    let mut ops = 0;
+    let mut errors = 0;
+    let mut lat = Vec::new();
+    let mut rev = 0;
+    for t in tallies {
+        ops += t.ops;
+        errors += t.errors;
+        lat.extend(t.lat);
+        rev = rev.max(t.revision);
+    }
+    (ops, errors, Latencies(lat), rev)
+}
+
+async fn channels(target: &Target, n: usize) -> anyhow::Result<Vec<Channel>> {
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n.max(1) {
+        let ch = tonic::transport::Endpoint::from_shared(target.endpoint.clone())?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {}", target.endpoint))?;
+        v.push(ch);
+    }
+    Ok(v)
+}
+
+fn kv(channels: &[Channel], client: usize) -> KvClient<Channel> {
+    KvClient::new(channels[client % channels.len()].clone()).max_decoding_message_size(usize::MAX)
+}
+
+fn key(prefix: &str, i: usize) -> Bytes {
+    Bytes::from(format!("{prefix}{i:08}"))
+}
+
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    *end.last_mut().expect("non-empty prefix") += 1;
+    end
+}
+
+/// A value of `size` bytes that does not compress (as real objects mostly do not at 4 KiB
+/// granularity), starting with the send time in microseconds since the epoch.
+fn value(size: usize, pattern: &Bytes) -> Bytes {
+    let mut v = Vec::with_capacity(size.max(8));
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as u64;
+    v.extend_from_slice(&now.to_be_bytes());
+    v.extend_from_slice(&pattern[..size.saturating_sub(8).min(pattern.len())]);
+    Bytes::from(v)
+}
+
+fn sent_at(value: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(value.get(..8)?.try_into().ok()?))
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as u64
+}
+
+/// Puts `count` keys with `clients` concurrent clients; returns the tallies.
+async fn load(
+    chans: &[Channel],
+    prefix: &str,
+    count: usize,
+    clients: usize,
+    pattern: &Bytes,
+    size: usize,
+) -> Vec<Tally> {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for c in 0..clients.max(1) {
+        let (mut kv, next, prefix, pattern) = (
+            kv(chans, c),
+            next.clone(),
+            prefix.to_string(),
+            pattern.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut t = Tally::default();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= count {
+                    return t;
+                }
+                let started = Instant::now();
+                let r = kv
+                    .put(PutRequest {
+                        key: key(&prefix, i),
+                        value: value(size, &pattern),
+                        ..Default::default()
+                    })
+                    .await;
+                if let Ok(r) = &r {
+                    t.revision = t
+                        .revision
+                        .max(r.get_ref().header.as_ref().map_or(0, |h| h.revision));
+                }
+                t.record(started, r.is_ok());
+            }
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap_or_default());
+    }
+    out
+}
+
+/// Runs `op` from `clients` tasks for `duration`; `op(kv, client, i, tally)`.
+async fn timed<F, Fut>(chans: &[Channel], clients: usize, duration: Duration, op: F) -> Vec<Tally>
+where
+    F: Fn(KvClient<Channel>, usize, u64) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = Result<i64, tonic::Status>> + Send,
+{
+    let deadline = Instant::now() + duration;
+    let mut tasks = Vec::new();
+    for c in 0..clients.max(1) {
+        let (kv, op) = (kv(chans, c), op.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut t = Tally::default();
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                let started = Instant::now();
+                let r = op(kv.clone(), c, i).await;
+                if let Ok(rev) = &r {
+                    t.revision = t.revision.max(*rev);
+                }
+                t.record(started, r.is_ok());
+                i += 1;
+            }
+            t
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap_or_default());
+    }
+    out
+}
+
+fn header_rev(h: &Option<crate::proto::etcdserverpb::ResponseHeader>) -> i64 {
+    h.as_ref().map_or(0, |h| h.revision)
+}
+
+/// A plain HTTP GET of `/metrics`: every unlabelled sample.
+async fn scrape(endpoint: &str) -> BTreeMap<String, f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let mut out = BTreeMap::new();
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return out;
+    };
+    let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return out;
+    }
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw)).await;
+    for line in String::from_utf8_lossy(&raw).lines() {
+        if line.starts_with('#') || line.contains('{') {
+            continue;
+        }
+        if let Some((name, v)) = line.split_once(' ') {
+            if let Ok(v) = v.trim().parse::<f64>() {
+                out.insert(name.to_string(), v);
+            }
+        }
+    }
+    out
+}
+
+fn delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, name: &str) -> Option<f64> {
+    Some(after.get(name)? - before.get(name).copied().unwrap_or(0.0))
+}
+
+/// Adds what Netsy's own metrics say about the PUTs behind the writes (absent on etcd).
+fn put_figures(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+    writes: u64,
+    elapsed: Duration,
+    extra: &mut BTreeMap<String, f64>,
+) {
+    let Some(puts) = delta(before, after, "netsy_chunk_put_duration_seconds_count") else {
+        return;
+    };
+    if puts <= 0.0 {
+        return;
+    }
+    let secs = elapsed.as_secs_f64();
+    extra.insert("store_puts_per_sec".into(), puts / secs);
+    extra.insert("writes_per_put".into(), writes as f64 / puts);
+    if let Some(records) = delta(before, after, "netsy_commit_batch_records_sum") {
+        extra.insert("records_per_put".into(), records / puts);
+    }
+    if let Some(put_secs) = delta(before, after, "netsy_chunk_put_duration_seconds_sum") {
+        extra.insert("mean_put_ms".into(), put_secs / puts * 1000.0);
+    }
+}
+
+async fn compact(chans: &[Channel]) {
+    let mut kv = kv(chans, 0);
+    if let Ok(r) = kv
+        .range(RangeRequest {
+            key: Bytes::from_static(b"\0"),
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+    {
+        let rev = header_rev(&r.get_ref().header);
+        let _ = kv
+            .compact(CompactionRequest {
+                revision: rev,
+                physical: false,
+            })
+            .await;
+    }
+}
+
+pub(super) async fn run(
+    target: &Target,
+    workload: Workload,
+    o: &Options,
+    prefix: &str,
+) -> anyhow::Result<Outcome> {
+    let chans = channels(target, o.connections).await?;
+    let pattern: Bytes = (0..o.value_size.max(8))
+        .map(|_| rand::random::<u8>())
+        .collect::<Vec<u8>>()
+        .into();
+    let size = o.value_size;
+    let mut extra = BTreeMap::new();
+    let before = scrape(&target.endpoint).await;
+    let started;
+    let tallies = match workload {
+        Workload::Put => {
+            let (prefix, pattern, keys) = (prefix.to_string(), pattern.clone(), o.keys.max(1));
+            started = Instant::now();
+            timed(&chans, o.clients, o.duration, move |mut kv, _c, _i| {
+                let (prefix, pattern) = (prefix.clone(), pattern.clone());
+                async move {
+                    let r = kv
+                        .put(PutRequest {
+                            key: key(&prefix, rand::random_range(0..keys)),
+                            value: value(size, &pattern),
+                            ..Default::default()
+                        })
+                        .await?;
+                    Ok(header_rev(&r.get_ref().header))
+                }
+            })
+            .await
+        }
+        Workload::Get | Workload::GetSerializable | Workload::Mixed => {
+            let keys = o.keys.max(1);
+            load(&chans, prefix, keys, o.clients, &pattern, size).await;
+            let serializable = workload == Workload::GetSerializable;
+            let mixed = workload == Workload::Mixed;
+            let (prefix, pattern) = (prefix.to_string(), pattern.clone());
+            started = Instant::now();
+            timed(&chans, o.clients, o.duration, move |mut kv, _c, i| {
+                let (prefix, pattern) = (prefix.clone(), pattern.clone());
+                async move {
+                    let k = key(&prefix, rand::random_range(0..keys));
+                    if mixed && i % 10 == 9 {
+                        let r = kv
+                            .put(PutRequest {
+                                key: k,
+                                value: value(size, &pattern),
+                                ..Default::default()
+                            })
+                            .await?;
+                        return Ok(header_rev(&r.get_ref().header));
+                    }
+                    let r = kv
+                        .range(RangeRequest {
+                            key: k,
+                            serializable,
+                            ..Default::default()
+                        })
+                        .await?;
+                    if r.get_ref().kvs.is_empty() {
+                        return Err(tonic::Status::not_found("preloaded key missing"));
+                    }
+                    Ok(0)
+                }
+            })
+            .await
+        }
+        Workload::Txn => {
+            // Each client owns a few keys and updates them as kube-apiserver does: compare
+            // the mod_revision it last saw; on a conflict the failure branch returns the
+            // current object and the client retries from that.
+            let per_client = 4;
+            let count = o.clients.max(1) * per_client;
+            load(&chans, prefix, count, o.clients, &pattern, size).await;
+            let revs: Arc<Vec<AtomicI64>> =
+                Arc::new((0..count).map(|_| AtomicI64::new(0)).collect());
+            {
+                let mut kv = kv(&chans, 0);
+                let r = kv
+                    .range(RangeRequest {
+                        key: Bytes::from(prefix.to_string()),
+                        range_end: Bytes::from(prefix_end(prefix)),
+                        ..Default::default()
+                    })
+                    .await?;
+                for (i, item) in r.get_ref().kvs.iter().enumerate().take(count) {
+                    revs[i].store(item.mod_revision, Ordering::Relaxed);
+                }
+            }
+            let (prefix, pattern) = (prefix.to_string(), pattern.clone());
+            started = Instant::now();
+            timed(&chans, o.clients, o.duration, move |mut kv, c, i| {
+                let (prefix, pattern, revs) = (prefix.clone(), pattern.clone(), revs.clone());
+                async move {
+                    let slot = c * per_client + (i as usize % per_client);
+                    let k = key(&prefix, slot);
+                    let last = revs[slot].load(Ordering::Relaxed);
+                    let r = kv
+                        .txn(TxnRequest {
+                            compare: vec![Compare {
+                                result: compare::CompareResult::Equal as i32,
+                                target: compare::CompareTarget::Mod as i32,
+                                key: k.clone(),
+                                target_union: Some(compare::TargetUnion::ModRevision(last)),
+                                ..Default::default()
+                            }],
+                            success: vec![RequestOp {
+                                request: Some(request_op::Request::RequestPut(PutRequest {
+                                    key: k.clone(),
+                                    value: value(size, &pattern),
+                                    ..Default::default()
+                                })),
+                            }],
+                            failure: vec![RequestOp {
+                                request: Some(request_op::Request::RequestRange(RangeRequest {
+                                    key: k,
+                                    ..Default::default()
+                                })),
+                            }],
+                        })
+                        .await?;
+                    let r = r.into_inner();
+                    let rev = header_rev(&r.header);
+                    if r.succeeded {
+                        revs[slot].store(rev, Ordering::Relaxed);
+                        Ok(rev)
+                    } else {
+                        // Another update won (cannot happen with owned keys): resync.
+                        Err(tonic::Status::aborted("guaranteed update conflict"))
+                    }
+                }
+            })
+            .await
+        }
+        Workload::List => {
+            let count = 10_000;
+            load(&chans, prefix, count, o.clients, &pattern, size).await;
+            let (start, end) = (
+                Bytes::from(prefix.to_string()),
+                Bytes::from(prefix_end(prefix)),
+            );
+            started = Instant::now();
+            timed(&chans, o.clients, o.duration, move |mut kv, _c, _i| {
+                let (start, end) = (start.clone(), end.clone());
+                async move {
+                    let r = kv
+                        .range(RangeRequest {
+                            key: start,
+                            range_end: end,
+                            limit: 500,
+                            ..Default::default()
+                        })
+                        .await?;
+                    let r = r.get_ref();
+                    if r.kvs.len() != 500 || r.count != count as i64 || !r.more {
+                        return Err(tonic::Status::data_loss("short page"));
+                    }
+                    Ok(0)
+                }
+            })
+            .await
+        }
+        Workload::Watch => return watch(target, &chans, o, prefix, &pattern).await,
+        Workload::Memory => {
+            started = Instant::now();
+            let t = load(&chans, prefix, o.keys, o.clients, &pattern, size).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let after = scrape(&target.endpoint).await;
+            if let Some(growth) = delta(&before, &after, "process_resident_memory_bytes") {
+                let key_len = key(prefix, 0).len();
+                let raw = (o.keys * (key_len + size)) as f64;
+                extra.insert("rss_growth_mb".into(), growth / 1048576.0);
+                extra.insert("raw_mb".into(), raw / 1048576.0);
+                extra.insert("rss_bytes_per_key".into(), growth / o.keys.max(1) as f64);
+                extra.insert("rss_over_raw".into(), growth / raw);
+            }
+            t
+        }
+    };
+    let elapsed = started.elapsed();
+    let (ops, errors, lat, _) = merge(tallies);
+    if matches!(workload, Workload::Put | Workload::Mixed | Workload::Txn) {
+        let after = scrape(&target.endpoint).await;
+        let writes = if workload == Workload::Mixed {
+            ops / 10
+        } else {
+            ops
+        };
+        put_figures(&before, &after, writes, elapsed, &mut extra);
+    }
+    compact(&chans).await;
+    Ok(Outcome::new(
+        target, workload, o.clients, ops, elapsed, lat, errors, extra,
+    ))
+}
+
+/// W watch streams on the prefix, `clients` writers putting for the duration; then every
+/// watcher must catch up to the last acknowledged revision.
+async fn watch(
+    target: &Target,
+    chans: &[Channel],
+    o: &Options,
+    prefix: &str,
+    pattern: &Bytes,
+) -> anyhow::Result<Outcome> {
+    let watchers = o.watchers.max(1);
+    let goal = Arc::new(AtomicI64::new(i64::MAX));
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(watchers);
+    let mut tasks = Vec::new();
+    for w in 0..watchers {
+        let mut client =
+            WatchClient::new(chans[w % chans.len()].clone()).max_decoding_message_size(usize::MAX);
+        let (goal, ready_tx) = (goal.clone(), ready_tx.clone());
+        let create = WatchRequest {
+            request_union: Some(watch_request::RequestUnion::CreateRequest(
+                WatchCreateRequest {
+                    key: Bytes::from(prefix.to_string()),
+                    range_end: Bytes::from(prefix_end(prefix)),
+                    ..Default::default()
+                },
+            )),
+        };
+        tasks.push(tokio::spawn(async move {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            let _ = tx.send(create).await;
+            let mut stream = client
+                .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await?
+                .into_inner();
+            let mut events = 0u64;
+            let mut lat = Vec::new();
+            let mut seen = 0i64;
+            let mut signalled = false;
+            loop {
+                if seen >= goal.load(Ordering::Relaxed) {
+                    break;
+                }
+                let msg = match tokio::time::timeout(Duration::from_millis(200), stream.message())
+                    .await
+                {
+                    Ok(Ok(Some(m))) => m,
+                    Ok(Ok(None)) | Ok(Err(_)) => break,
+                    Err(_) => continue,
+                };
+                if msg.created && !signalled {
+                    signalled = true;
+                    let _ = ready_tx.send(()).await;
+                }
+                let now = now_micros();
+                for e in &msg.events {
+                    if let Some(kv) = &e.kv {
+                        events += 1;
+                        seen = seen.max(kv.mod_revision);
+                        if let Some(t) = sent_at(&kv.value) {
+                            lat.push(now.saturating_sub(t).min(u32::MAX as u64) as u32);
+                        }
+                    }
+                }
+            }
+            drop(tx);
+            Ok::<_, tonic::Status>((events, lat))
+        }));
+    }
+    drop(ready_tx);
+    for _ in 0..watchers {
+        if tokio::time::timeout(Duration::from_secs(10), ready_rx.recv())
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+        {
+            anyhow::bail!("a watcher was not created within 10 s");
+        }
+    }
+    let started = Instant::now();
+    let (p, pattern2, keys, size) = (
+        prefix.to_string(),
+        pattern.clone(),
+        o.keys.max(1),
+        o.value_size,
+    );
+    let writers = timed(chans, o.clients, o.duration, move |mut kv, _c, _i| {
+        let (p, pattern) = (p.clone(), pattern2.clone());
+        async move {
+            let r = kv
+                .put(PutRequest {
+                    key: key(&p, rand::random_range(0..keys)),
+                    value: value(size, &pattern),
+                    ..Default::default()
+                })
+                .await?;
+            Ok(header_rev(&r.get_ref().header))
+        }
+    })
+    .await;
+    let write_secs = started.elapsed().as_secs_f64();
+    let (writes, write_errors, _, last_rev) = merge(writers);
+    goal.store(last_rev, Ordering::Relaxed);
+    let mut events = 0u64;
+    let mut lat = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for t in tasks {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Ok(Ok(Ok((e, l)))) = tokio::time::timeout(left, t).await {
+            events += e;
+            lat.extend(l);
+        }
+    }
+    let elapsed = started.elapsed();
+    let mut extra = BTreeMap::new();
+    extra.insert("watchers".into(), watchers as f64);
+    extra.insert("writes_per_sec".into(), writes as f64 / write_secs);
+    // Failed puts may or may not have been applied; lost counts only acknowledged ones.
+    let expected = writes * watchers as u64;
+    extra.insert("lost_events".into(), expected.saturating_sub(events) as f64);
+    compact(chans).await;
+    Ok(Outcome::new(
+        target,
+        Workload::Watch,
+        o.clients,
+        events,
+        elapsed,
+        Latencies(lat),
+        write_errors,
+        extra,
+    ))
+}
