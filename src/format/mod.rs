@@ -264,7 +264,15 @@ pub fn decode_with(
             let mut decoder = zstd::stream::read::Decoder::with_buffer(input)
                 .map_err(|e| fail(Check::Zstd(e)))?
                 .single_frame();
-            let footer = read_body(&header, &mut decoder, &mut visit).map_err(fail)?;
+            // Buffered: length prefixes are read a byte at a time.
+            let mut buffered = std::io::BufReader::with_capacity(128 * 1024, &mut decoder);
+            let footer = read_body(&header, &mut buffered, &mut visit).map_err(fail)?;
+            // What the buffer read ahead must be nothing but the end of the frame.
+            let ahead = buffered.buffer().len();
+            if ahead > 0 {
+                return Err(fail(Check::TrailingData(ahead as u64)));
+            }
+            drop(buffered);
             // Anything left in the frame, or after it, is corruption.
             let mut rest = Vec::new();
             let trailing = decoder
@@ -294,24 +302,33 @@ fn read_body(
     for index in 0..header.records_count as usize {
         let what = || format!("record {index}");
         let buf = read_message(input, &what())?;
-        let mut record = Record::decode(buf).map_err(|source| Check::Decode {
+        let mut record = Record::decode(buf.clone()).map_err(|source| Check::Decode {
             what: what(),
             source,
         })?;
         let stored = record.crc;
-        record.crc = 0;
-        let encoded = record.encode_to_vec();
-        let computed = crc64(&encoded);
-        if stored != computed {
-            return Err(Check::RecordCrc {
-                index,
-                revision: record.revision,
-                stored,
-                computed,
-            });
+        // The CRC covers the record encoded with crc = 0, i.e. without field 1. Writers
+        // encode fields in number order, so that is the wire bytes after a leading crc
+        // field: checked without re-encoding. Anything else takes the Go reader's way
+        // (re-encode, then checksum).
+        let fast = strip_crc_field(&buf).filter(|rest| crc64(rest) == stored);
+        if let Some(rest) = fast {
+            records_crc.update(rest);
+        } else {
+            record.crc = 0;
+            let encoded = record.encode_to_vec();
+            let computed = crc64(&encoded);
+            if stored != computed {
+                return Err(Check::RecordCrc {
+                    index,
+                    revision: record.revision,
+                    stored,
+                    computed,
+                });
+            }
+            records_crc.update(&encoded);
+            record.crc = stored;
         }
-        records_crc.update(&encoded);
-        record.crc = stored;
         if let Some(previous) = last {
             if record.revision < previous {
                 return Err(Check::RevisionOrder {
@@ -365,6 +382,14 @@ fn read_body(
 
 /// Reads one varint-length-delimited message into its own buffer, so that `Bytes` fields
 /// decoded from it share that buffer rather than the whole file's.
+/// The bytes of an encoded record after its leading field 1 (crc, a varint), if it starts
+/// with one.
+fn strip_crc_field(buf: &[u8]) -> Option<&[u8]> {
+    let rest = buf.strip_prefix(&[0x08])?;
+    let len = rest.iter().position(|b| b & 0x80 == 0)? + 1;
+    (len <= 10).then(|| &rest[len..])
+}
+
 fn read_message(input: &mut impl Read, what: &str) -> Result<Bytes, Check> {
     let truncated = || Check::Truncated(what.to_string());
     let mut len: u64 = 0;

@@ -282,32 +282,54 @@ impl State {
         self.lease_keys.remove(&id);
     }
 
-    /// Appends a version of `key` at `rev` (which must be the head or head + 1).
-    fn push_version(&mut self, key: Bytes, v: Version) {
-        let prev_lease = self
-            .keys
-            .get(&key)
-            .and_then(|h| h.latest())
-            .filter(|p| !p.is_tombstone())
-            .map_or(0, |p| p.lease);
-        if prev_lease != 0 && prev_lease != v.lease {
+    /// Appends a version of `key` at `rev` (which must be the head or head + 1) with one
+    /// lookup of the key. Returns false, changing nothing, when the key already has a
+    /// version at or after `rev`. A key new to the map is stored as `key` itself when
+    /// `key_is_exact`, else as an exact copy, so that it never pins a larger buffer (a
+    /// replayed record's) for the life of the key.
+    fn push_version(&mut self, key: &Bytes, v: Version, key_is_exact: bool) -> bool {
+        let rev = v.mod_revision;
+        let new_lease = if v.is_tombstone() { 0 } else { v.lease };
+        let added = (key.len() + v.value.len()) as i64;
+        let (stored, prev_lease) = match self.keys.get_key_value_mut(key) {
+            Some((k, h)) => {
+                let latest = h.latest();
+                if latest.is_some_and(|l| l.mod_revision >= rev) {
+                    return false;
+                }
+                let prev = latest.filter(|p| !p.is_tombstone()).map_or(0, |p| p.lease);
+                let k = k.clone();
+                h.push(v);
+                (k, prev)
+            }
+            None => {
+                let k = if key_is_exact {
+                    key.clone()
+                } else {
+                    Bytes::copy_from_slice(key)
+                };
+                let mut h = History::default();
+                h.push(v);
+                self.keys.insert(k.clone(), h);
+                (k, 0)
+            }
+        };
+        if prev_lease != 0 && prev_lease != new_lease {
             if let Some(set) = self.lease_keys.get_mut(&prev_lease) {
-                set.remove(&key);
+                set.remove(&stored);
             }
         }
-        if v.lease != 0 && !v.is_tombstone() {
+        if new_lease != 0 {
             self.lease_keys
-                .entry(v.lease)
+                .entry(new_lease)
                 .or_default()
-                .insert(key.clone());
+                .insert(stored.clone());
         }
-        self.bytes += (key.len() + v.value.len()) as i64;
+        self.bytes += added;
         self.versions += 1;
-        let rev = v.mod_revision;
-        self.keys.entry(key.clone()).or_default().push(v);
-        let changed = self.changes.entry(rev).or_default();
-        Arc::make_mut(changed).push(key);
+        Arc::make_mut(self.changes.entry(rev).or_default()).push(stored);
         self.revision = self.revision.max(rev);
+        true
     }
 
     /// Applies one record from the log (replay) or from the writer. Records carry every
@@ -345,11 +367,6 @@ impl State {
                 self.revision
             )));
         }
-        if let Some(latest) = self.keys.get(&r.key).and_then(|h| h.latest()) {
-            if latest.mod_revision >= r.revision {
-                return Err(inconsistent("key already has a version at this revision"));
-            }
-        }
         let v = if r.deleted {
             Version {
                 mod_revision: r.revision,
@@ -370,7 +387,9 @@ impl State {
         if !r.deleted && v.version <= 0 {
             return Err(inconsistent("live version must be positive"));
         }
-        self.push_version(r.key.clone(), v);
+        if !self.push_version(&r.key, v, false) {
+            return Err(inconsistent("key already has a version at this revision"));
+        }
         Ok(())
     }
 

@@ -104,7 +104,8 @@ impl<'a> TxnEval<'a> {
             value: v.value.clone(),
             ..Default::default()
         });
-        self.state.push_version(key, v);
+        let pushed = self.state.push_version(&key, v, true);
+        debug_assert!(pushed, "a key is written once per revision");
         Ok(PutResponse {
             header: None,
             prev_kv: if r.prev_kv {
@@ -128,8 +129,8 @@ impl<'a> TxnEval<'a> {
                 prev_revision: prev.mod_revision,
                 ..Default::default()
             });
-            self.state.push_version(
-                key.clone(),
+            let pushed = self.state.push_version(
+                key,
                 Version {
                     mod_revision: self.rev,
                     create_revision: prev.create_revision,
@@ -137,7 +138,9 @@ impl<'a> TxnEval<'a> {
                     lease: 0,
                     value: Bytes::new(),
                 },
+                true,
             );
+            debug_assert!(pushed, "a key is written once per revision");
             if r.prev_kv {
                 prev_kvs.push(prev.to_kv(key, false));
             }
