@@ -198,11 +198,35 @@ pub fn encode(kind: FileKind, meta: &FileMeta, records: &mut [Record]) -> Result
         } else {
             CHUNK_ZSTD_LEVEL
         };
-        zstd::stream::copy_encode(&body[..], &mut out, level).map_err(Check::Zstd)?;
+        compress_into(&body, &mut out, level).map_err(Check::Zstd)?;
     } else {
         out.extend_from_slice(&body);
     }
     Ok(out)
+}
+
+thread_local! {
+    /// One zstd context per thread and level: creating one costs more than compressing a
+    /// typical chunk.
+    static COMPRESSORS: std::cell::RefCell<Vec<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Appends one zstd frame (with its content size) holding `body` to `out`.
+fn compress_into(body: &[u8], out: &mut Vec<u8>, level: i32) -> std::io::Result<()> {
+    COMPRESSORS.with(|cell| {
+        let mut all = cell.borrow_mut();
+        let i = match all.iter().position(|(l, _)| *l == level) {
+            Some(i) => i,
+            None => {
+                all.push((level, zstd::bulk::Compressor::new(level)?));
+                all.len() - 1
+            }
+        };
+        let frame = all[i].1.compress(body)?;
+        out.extend_from_slice(&frame);
+        Ok(())
+    })
 }
 
 /// Decodes and verifies a whole file.
