@@ -66,8 +66,10 @@ struct BenchArgs {
     /// the first.
     #[arg(long = "target", default_value = "netsy=127.0.0.1:2379")]
     targets: Vec<netsy::bench::Target>,
-    /// Workloads to run (repeat, or comma-separated); `startup` runs in-process.
-    #[arg(long = "workload", value_delimiter = ',', default_values = ["put", "get", "get-serializable", "txn", "list", "watch", "mixed"])]
+    /// Workloads to run (repeat, or comma-separated), in this order; `startup` runs
+    /// in-process. `memory` comes first by default: it needs servers that have not yet
+    /// freed memory their allocator could reuse.
+    #[arg(long = "workload", value_delimiter = ',', default_values = ["memory", "put", "get", "get-serializable", "txn", "list", "watch", "mixed"])]
     workloads: Vec<BenchWorkload>,
     /// Concurrent clients (writers, for watch).
     #[arg(long, default_value_t = 64)]
@@ -87,6 +89,12 @@ struct BenchArgs {
     /// Watch streams for the watch workload.
     #[arg(long, default_value_t = 16)]
     watchers: usize,
+    /// memory: keys loaded.
+    #[arg(long, default_value_t = 100_000)]
+    memory_keys: usize,
+    /// memory: value size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    memory_value_size: usize,
     /// startup: records in the chunk log.
     #[arg(long, default_value_t = 1_000_000)]
     startup_records: usize,
@@ -144,6 +152,8 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
         keys: a.keys,
         value_size: a.value_size,
         watchers: a.watchers,
+        memory_keys: a.memory_keys,
+        memory_value_size: a.memory_value_size,
     };
     if !online.is_empty() {
         outcomes.extend(bench::run(&a.targets, &online, &options).await?);

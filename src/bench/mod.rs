@@ -58,7 +58,7 @@ pub enum Workload {
     Watch,
     /// 90 % linearizable gets, 10 % puts.
     Mixed,
-    /// Load --keys keys of --value-size bytes; resident memory growth per key.
+    /// Load --memory-keys keys of --memory-value-size bytes; resident memory growth per key.
     Memory,
 }
 
@@ -85,6 +85,9 @@ pub struct Options {
     pub keys: usize,
     pub value_size: usize,
     pub watchers: usize,
+    /// memory: keys loaded and their value size.
+    pub memory_keys: usize,
+    pub memory_value_size: usize,
 }
 
 /// Runs every workload against every target, in that order (workload-major, so the targets

@@ -431,17 +431,25 @@ pub(super) async fn run(
         }
         Workload::Watch => return watch(target, &chans, o, prefix, &pattern).await,
         Workload::Memory => {
+            let (keys, size) = (o.memory_keys.max(1), o.memory_value_size);
+            let pattern: Bytes = (0..size.max(8))
+                .map(|_| rand::random::<u8>())
+                .collect::<Vec<u8>>()
+                .into();
             started = Instant::now();
-            let t = load(&chans, prefix, o.keys, o.clients, &pattern, size).await;
+            let t = load(&chans, prefix, keys, o.clients, &pattern, size).await;
             tokio::time::sleep(Duration::from_secs(1)).await;
             let after = scrape(&target.endpoint).await;
             if let Some(growth) = delta(&before, &after, "process_resident_memory_bytes") {
                 let key_len = key(prefix, 0).len();
-                let raw = (o.keys * (key_len + size)) as f64;
-                extra.insert("rss_growth_mb".into(), growth / 1048576.0);
-                extra.insert("raw_mb".into(), raw / 1048576.0);
-                extra.insert("rss_bytes_per_key".into(), growth / o.keys.max(1) as f64);
+                let raw = (keys * (key_len + size)) as f64;
+                extra.insert("rss_growth_mib".into(), growth / 1048576.0);
+                extra.insert("raw_mib".into(), raw / 1048576.0);
+                extra.insert("rss_bytes_per_key".into(), growth / keys as f64);
                 extra.insert("rss_over_raw".into(), growth / raw);
+                if let Some(total) = after.get("process_resident_memory_bytes") {
+                    extra.insert("rss_mib".into(), total / 1048576.0);
+                }
             }
             t
         }

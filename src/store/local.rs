@@ -71,8 +71,7 @@ impl LocalStore {
         Ok(dir)
     }
     /// Writes `data` to a new temporary file beside `target` and fsyncs it.
-    fn write_tmp(&self, target: &Path, data: &[u8]) -> std::io::Result<PathBuf> {
-        let dir = target.parent().expect("keys have a parent");
+    fn ensure_dir(&self, dir: &Path) -> std::io::Result<()> {
         if !dir.exists() {
             fs::create_dir_all(dir)?;
             // Make the new directory entries durable too.
@@ -85,6 +84,57 @@ impl LocalStore {
                 d = parent;
             }
         }
+        Ok(())
+    }
+
+    /// Create-if-absent without a temporary name (Linux): an unnamed file (`O_TMPFILE`)
+    /// is written and synced, then linked in, which fails if the target exists. Saves
+    /// creating and removing a temporary directory entry per chunk. Ok(false) when the
+    /// filesystem or the environment (no /proc) does not support it.
+    #[cfg(target_os = "linux")]
+    fn create_unnamed(&self, target: &Path, data: &[u8]) -> std::io::Result<bool> {
+        use rustix::fs::{linkat, openat, AtFlags, Mode, OFlags, CWD};
+        use std::os::fd::AsRawFd;
+        let dir = target.parent().expect("keys have a parent");
+        self.ensure_dir(dir)?;
+        let fd = match openat(
+            CWD,
+            dir,
+            OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        ) {
+            Ok(fd) => fd,
+            Err(e)
+                if matches!(
+                    e,
+                    rustix::io::Errno::OPNOTSUPP
+                        | rustix::io::Errno::ISDIR
+                        | rustix::io::Errno::INVAL
+                ) =>
+            {
+                return Ok(false)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut f = File::from(fd);
+        f.write_all(data)?;
+        f.sync_data()?;
+        let proc = format!("/proc/self/fd/{}", f.as_raw_fd());
+        match linkat(CWD, proc.as_str(), CWD, target, AtFlags::SYMLINK_FOLLOW) {
+            Ok(()) => Ok(true),
+            Err(rustix::io::Errno::NOENT) if !Path::new("/proc/self/fd").exists() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn create_unnamed(&self, _target: &Path, _data: &[u8]) -> std::io::Result<bool> {
+        Ok(false)
+    }
+
+    fn write_tmp(&self, target: &Path, data: &[u8]) -> std::io::Result<PathBuf> {
+        let dir = target.parent().expect("keys have a parent");
+        self.ensure_dir(dir)?;
         let tmp = dir.join(format!("{TMP_PREFIX}{:016x}", rand::random::<u64>()));
         let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         f.write_all(data)?;
@@ -149,8 +199,12 @@ impl ObjectStore for LocalStore {
         let k = key.to_string();
         let outcome = self
             .blocking(key, move |store| {
-                let tmp = store.write_tmp(&path, &data)?;
                 let dir = path.parent().expect("keys have a parent").to_path_buf();
+                if mode == PutMode::Create && store.create_unnamed(&path, &data)? {
+                    sync_dir(&dir)?;
+                    return Ok(());
+                }
+                let tmp = store.write_tmp(&path, &data)?;
                 let result = (|| match &mode {
                     PutMode::Create => {
                         // Atomic create-if-absent: link fails if the target exists.
