@@ -104,16 +104,9 @@ impl LocalStore {
             Mode::from_raw_mode(0o644),
         ) {
             Ok(fd) => fd,
-            Err(e)
-                if matches!(
-                    e,
-                    rustix::io::Errno::OPNOTSUPP
-                        | rustix::io::Errno::ISDIR
-                        | rustix::io::Errno::INVAL
-                ) =>
-            {
-                return Ok(false)
-            }
+            Err(
+                rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::ISDIR | rustix::io::Errno::INVAL,
+            ) => return Ok(false),
             Err(e) => return Err(e.into()),
         };
         let mut f = File::from(fd);
