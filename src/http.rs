@@ -216,3 +216,25 @@ pub async fn serve(
         }
     }
 }
+
+/// A plain HTTP/1.1 GET of `path` on `addr` (`host:port`): status code and body. Enough for
+/// reading `/metrics` and probing health from `netsy bench` and the test suites; not a
+/// general client (no TLS, no redirects, no chunked decoding).
+pub async fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+        .await
+        .map_err(|_| std::io::Error::other("timed out"))??;
+    let text = String::from_utf8_lossy(&raw);
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text}")))?;
+    let body = text.split_once("\r\n\r\n").map_or("", |x| x.1);
+    Ok((code, body.to_string()))
+}

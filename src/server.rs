@@ -153,6 +153,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         METRICS.snapshot_taken(*rev, ms);
     }
 
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let term = Arc::new(AtomicU64::new(leader.term()));
     let (log, queue) = Log::new(recovered.state, 10_000);
     let lessor = Arc::new(Lessor::default());
@@ -161,7 +162,6 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         member_id: id_of(&format!("{}@{}", config.name, local)),
         name: config.name.clone(),
         client_urls: if config.advertise_client_urls.is_empty() {
-            let scheme = if tls.is_some() { "https" } else { "http" };
             vec![format!("{scheme}://{local}")]
         } else {
             config.advertise_client_urls.clone()
@@ -212,11 +212,6 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         shutdown.clone(),
         config.shutdown_timeout,
     ));
-    let scheme = if config.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
     tracing::info!(
         phase = "serving",
         addr = %local,

@@ -188,31 +188,19 @@ fn header_rev(h: &Option<crate::proto::etcdserverpb::ResponseHeader>) -> i64 {
     h.as_ref().map_or(0, |h| h.revision)
 }
 
-/// A plain HTTP GET of `/metrics`: every unlabelled sample.
+/// Every unlabelled sample of the target's `/metrics` (empty if it has none).
 async fn scrape(endpoint: &str) -> BTreeMap<String, f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = endpoint.trim_start_matches("http://").trim_end_matches('/');
-    let mut out = BTreeMap::new();
-    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
-        return out;
+    let Ok((200, text)) = crate::http::get(addr, "/metrics").await else {
+        return BTreeMap::new();
     };
-    let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    if s.write_all(req.as_bytes()).await.is_err() {
-        return out;
-    }
-    let mut raw = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw)).await;
-    for line in String::from_utf8_lossy(&raw).lines() {
-        if line.starts_with('#') || line.contains('{') {
-            continue;
-        }
-        if let Some((name, v)) = line.split_once(' ') {
-            if let Ok(v) = v.trim().parse::<f64>() {
-                out.insert(name.to_string(), v);
-            }
-        }
-    }
-    out
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.contains('{'))
+        .filter_map(|l| {
+            let (name, v) = l.split_once(' ')?;
+            Some((name.to_string(), v.trim().parse::<f64>().ok()?))
+        })
+        .collect()
 }
 
 fn delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, name: &str) -> Option<f64> {

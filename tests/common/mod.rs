@@ -175,24 +175,7 @@ impl Netsy {
 
 /// A plain HTTP/1.1 GET: status code and body.
 pub async fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
-        .await
-        .map_err(|_| std::io::Error::other("timed out"))??;
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("not HTTP: {text}")))?;
-    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or_default();
-    Ok((code, body.to_string()))
+    netsy::http::get(addr, path).await
 }
 
 /// Runs etcdctl (v3 API) with `args`; returns (success, stdout, stderr).
