@@ -106,6 +106,7 @@ fn scripts_parse_and_the_justfile_lists_its_recipes() {
         "scripts/certs.sh",
         "scripts/etcdctl.sh",
         "scripts/kube-apiserver.sh",
+        "scripts/bench.sh",
         "scripts/protoc",
         "deploy/userdata.sh",
         ".ci/run",
