@@ -13,7 +13,7 @@ use crate::format::{self, FormatError};
 use crate::mvcc::{self, State};
 use crate::proto::netsy::FileKind;
 use crate::store::{ObjectStore, StoreError};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use std::time::{Duration, Instant};
 
 /// Objects fetched at once during replay.
@@ -60,14 +60,6 @@ pub struct Recovered {
     pub records: u64,
     pub bytes: u64,
     pub elapsed: Duration,
-}
-
-struct Chunk {
-    key: String,
-    position: Position,
-    last_revision: i64,
-    has_kv: bool,
-    records: Vec<crate::proto::netsy::Record>,
 }
 
 /// Loads the newest readable snapshot. Returns the state and the revision it covers.
@@ -172,18 +164,27 @@ pub async fn recover(store: &dyn ObjectStore) -> Result<Recovered, RecoveryError
     let covered = base.as_ref().map_or(0, |(_, rev, _)| *rev);
 
     // Chunks named at or below the snapshot revision are covered by it (and await cleanup).
-    let wanted: Vec<String> = chunk_keys
+    // In a valid log, name order is log order (names carry a revision inside the chunk's
+    // range, or the position itself), so chunks are applied in name order as they arrive;
+    // every position is still checked against the chain, so a misnamed, missing or
+    // duplicated chunk stops the replay exactly as before.
+    let mut wanted: Vec<((i64, u32), String)> = chunk_keys
         .into_iter()
         .filter(|(rev, _)| *rev > covered)
-        .map(|(_, key)| key)
+        .map(|(rev, key)| {
+            let seq = layout::parse_chunk_key(&key).map_or(0, |(_, s)| s);
+            ((rev, seq), key)
+        })
         .collect();
-    // Fetch and decode (CRCs, zstd, protobuf) in parallel: decoding is most of a replay's
-    // CPU and every chunk is independent; applying must then follow the chain in order.
-    let fetched: Vec<(String, u64, format::DataFile)> = futures::stream::iter(wanted)
+    wanted.sort();
+    let names: Vec<String> = wanted.into_iter().map(|(_, key)| key).collect();
+    // Fetch and decode (CRCs, zstd, protobuf) ahead on the blocking pool while earlier
+    // chunks are applied: decoding is most of a replay's CPU and chunks are independent.
+    let mut decoded = futures::stream::iter(names.clone())
         .map(|key| async move {
             let obj = store.get(&key).await?;
             let size = obj.data.len() as u64;
-            let decoded = tokio::task::spawn_blocking(move || {
+            let (key, file) = tokio::task::spawn_blocking(move || {
                 let file = format::decode(&key, &obj.data);
                 (key, file)
             })
@@ -192,15 +193,26 @@ pub async fn recover(store: &dyn ObjectStore) -> Result<Recovered, RecoveryError
                 key: "(decoder task)".into(),
                 reason: e.to_string(),
             })?;
-            let (key, file) = decoded;
             Ok::<_, RecoveryError>((key, size, file?))
         })
-        .buffer_unordered(FETCH_CONCURRENCY)
-        .try_collect()
-        .await?;
-    let decoded_at = started.elapsed();
-    let mut chunks = Vec::with_capacity(fetched.len());
-    for (key, size, file) in fetched {
+        .buffered(FETCH_CONCURRENCY);
+
+    let snapshot = base.as_ref().map(|(_, rev, key)| (key.clone(), *rev));
+    let mut current: Option<(State, Position)> =
+        base.map(|(state, rev, _)| (state, Position::new(rev + 1, 0)));
+    let mut previous: Option<(Position, String)> = None;
+    let mut records = 0u64;
+    let mut last_progress = Instant::now();
+    let mut decode_wait = Duration::ZERO;
+    let total = names.len();
+    let mut i = 0;
+    loop {
+        let waited = Instant::now();
+        let Some(item) = decoded.next().await else {
+            break;
+        };
+        decode_wait += waited.elapsed();
+        let (key, size, file) = item?;
         bytes += size;
         let seq = layout::parse_chunk_key(&key).map_or(0, |(_, s)| s);
         let has_kv = file.records.iter().any(|r| !State::is_control(r));
@@ -221,75 +233,54 @@ pub async fn recover(store: &dyn ObjectStore) -> Result<Recovered, RecoveryError
             }
             Position::new(file.footer.last_revision + 1, seq)
         };
-        chunks.push(Chunk {
-            key,
-            position,
-            last_revision: file.footer.last_revision,
-            has_kv,
-            records: file.records,
+        let (state, next) = current.get_or_insert_with(|| {
+            // No snapshot: the log starts at the first chunk, which must be at revision 1
+            // (Go Netsy) or 2 (an empty Netsy starts at 1 like etcd; its first write is 2).
+            (State::at_revision(position.revision - 1), position)
         });
-    }
-    chunks.sort_by(|a, b| a.position.cmp(&b.position).then(a.key.cmp(&b.key)));
-    for pair in chunks.windows(2) {
-        if pair[0].position == pair[1].position {
-            return Err(RecoveryError::Overlap {
-                position: pair[0].position,
-                first: pair[0].key.clone(),
-                second: pair[1].key.clone(),
-            });
-        }
-    }
-
-    let (mut state, mut next, snapshot) = match base {
-        Some((state, rev, key)) => (state, Position::new(rev + 1, 0), Some((key, rev))),
-        None => {
-            // No snapshot: the log must start at the beginning, revision 1 (Go Netsy) or 2
-            // (an empty Netsy starts at 1 like etcd, so its first write is 2).
-            let start = chunks.first().map_or(Position::new(2, 0), |c| c.position);
-            if start.seq != 0 || start.revision > 2 {
-                return Err(RecoveryError::Gap {
-                    expected: Position::new(1, 0),
-                    orphans: chunks.iter().map(|c| c.key.clone()).collect(),
-                });
-            }
-            (State::at_revision(start.revision - 1), start, None)
-        }
-    };
-    let mut records = 0u64;
-    let mut last_progress = Instant::now();
-    let total = chunks.len();
-    for (i, chunk) in chunks.iter().enumerate() {
-        if chunk.position < next {
-            return Err(RecoveryError::Overlap {
-                position: chunk.position,
-                first: "an earlier chunk or snapshot".into(),
-                second: chunk.key.clone(),
-            });
-        }
-        if chunk.position > next {
+        if snapshot.is_none() && i == 0 && (position.seq != 0 || position.revision > 2) {
             return Err(RecoveryError::Gap {
-                expected: next,
-                orphans: chunks[i..].iter().map(|c| c.key.clone()).collect(),
+                expected: Position::new(1, 0),
+                orphans: names.clone(),
             });
         }
-        for r in &chunk.records {
+        if position < *next {
+            let first = match &previous {
+                Some((p, k)) if *p == position => k.clone(),
+                _ => "an earlier chunk or snapshot".into(),
+            };
+            return Err(RecoveryError::Overlap {
+                position,
+                first,
+                second: key,
+            });
+        }
+        if position > *next {
+            return Err(RecoveryError::Gap {
+                expected: *next,
+                orphans: names[i..].to_vec(),
+            });
+        }
+        for r in &file.records {
             state
                 .apply_record(r)
                 .map_err(|source| RecoveryError::Inconsistent {
-                    key: chunk.key.clone(),
+                    key: key.clone(),
                     source,
                 })?;
         }
-        records += chunk.records.len() as u64;
-        next = if chunk.has_kv {
-            Position::new(chunk.last_revision + 1, 0)
+        records += file.records.len() as u64;
+        *next = if has_kv {
+            Position::new(file.footer.last_revision + 1, 0)
         } else {
             Position::new(next.revision, next.seq + 1)
         };
+        previous = Some((position, key));
+        i += 1;
         if last_progress.elapsed() > Duration::from_secs(2) {
             last_progress = Instant::now();
             tracing::info!(
-                objects = i + 1,
+                objects = i,
                 of = total,
                 records,
                 bytes,
@@ -298,11 +289,12 @@ pub async fn recover(store: &dyn ObjectStore) -> Result<Recovered, RecoveryError
             );
         }
     }
+    let (state, next) = current.unwrap_or_else(|| (State::at_revision(1), Position::new(2, 0)));
     tracing::info!(
-        chunks = chunks.len(),
+        chunks = total,
         records,
-        fetch_decode_ms = decoded_at.as_millis() as u64,
-        apply_ms = (started.elapsed() - decoded_at).as_millis() as u64,
+        waited_for_decode_ms = decode_wait.as_millis() as u64,
+        elapsed_ms = started.elapsed().as_millis() as u64,
         "replayed chunks"
     );
     Ok(Recovered {
@@ -310,7 +302,7 @@ pub async fn recover(store: &dyn ObjectStore) -> Result<Recovered, RecoveryError
         next,
         snapshot,
         snapshot_stored_ms,
-        chunks: chunks.len(),
+        chunks: total,
         records,
         bytes,
         elapsed: started.elapsed(),
