@@ -308,9 +308,11 @@ impl State {
                 } else {
                     Bytes::copy_from_slice(key)
                 };
-                let mut h = History::default();
-                h.push(v);
-                self.keys.insert(k.clone(), h);
+                // Most keys hold one version: an exact-size history (a plain push would
+                // reserve four).
+                let mut versions = Vec::with_capacity(1);
+                versions.push(v);
+                self.keys.insert(k.clone(), History(Arc::new(versions)));
                 (k, 0)
             }
         };
@@ -327,7 +329,13 @@ impl State {
         }
         self.bytes += added;
         self.versions += 1;
-        Arc::make_mut(self.changes.entry(rev).or_default()).push(stored);
+        // Most revisions change one key: exact size for the first (a plain push reserves four).
+        Arc::make_mut(
+            self.changes
+                .entry(rev)
+                .or_insert_with(|| Arc::new(Vec::with_capacity(1))),
+        )
+        .push(stored);
         self.revision = self.revision.max(rev);
         true
     }
