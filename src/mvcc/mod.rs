@@ -308,11 +308,9 @@ impl State {
                 } else {
                     Bytes::copy_from_slice(key)
                 };
-                // Most keys hold one version: an exact-size history (a plain push would
-                // reserve four).
-                let mut versions = Vec::with_capacity(1);
-                versions.push(v);
-                self.keys.insert(k.clone(), History(Arc::new(versions)));
+                // Most keys hold one version: an exact-size history (a push onto an empty
+                // Vec would reserve four).
+                self.keys.insert(k.clone(), History(Arc::new(vec![v])));
                 (k, 0)
             }
         };
