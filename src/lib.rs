@@ -8,6 +8,7 @@
 pub mod api;
 pub mod bench;
 pub mod clock;
+pub mod crashpoint;
 pub mod format;
 pub mod http;
 pub mod inspect;

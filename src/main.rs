@@ -259,6 +259,9 @@ struct ServeArgs {
     /// Snapshots kept.
     #[arg(long, env = "NETSY_SNAPSHOT_KEEP", default_value_t = 3)]
     snapshot_keep: usize,
+    /// How often (ms) the snapshot thresholds and clean-up are checked.
+    #[arg(long, env = "NETSY_SNAPSHOT_CHECK_INTERVAL_MS", default_value_t = 5000)]
+    snapshot_check_interval_ms: u64,
     /// TTL (seconds) of leases recreated at start for keys whose lease was never stored
     /// (buckets written by the Go Netsy).
     #[arg(long, env = "NETSY_ORPHAN_LEASE_TTL_SECONDS", default_value_t = 3600)]
@@ -402,7 +405,7 @@ impl ServeArgs {
                 max_age: Duration::from_secs(self.snapshot_max_age_seconds.max(1)),
                 grace: Duration::from_secs(self.snapshot_grace_seconds),
                 keep: self.snapshot_keep,
-                ..Default::default()
+                check_every: Duration::from_millis(self.snapshot_check_interval_ms.max(10)),
             },
         })
     }

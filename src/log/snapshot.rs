@@ -87,8 +87,10 @@ pub async fn write_snapshot(
     .map_err(|e| SnapshotError::Encode(e.to_string()))?;
     let (bytes, records) = encoded;
     let size = bytes.len();
+    crate::crashpoint::hit("snapshot-before-put");
     match store.put(&key, bytes.into(), PutMode::Create).await {
         Ok(_) => {
+            crate::crashpoint::hit("snapshot-after-put");
             tracing::info!(key, records, bytes = size, "wrote snapshot");
             crate::metrics::METRICS.snapshot_taken(revision, now_ms());
             Ok(key)
@@ -135,6 +137,7 @@ pub async fn clean_up(
         if let Some((rev, _)) = layout::parse_chunk_key(&m.key) {
             if rev <= covered {
                 store.delete(&m.key).await?;
+                crate::crashpoint::hit("cleanup-after-delete");
                 cleaned.chunks += 1;
             }
         }

@@ -258,9 +258,13 @@ pub async fn run_writer(
         }
         let started = Instant::now();
         let size = encoded.len();
+        crate::crashpoint::hit("chunk-before-put");
         let put = store
             .put(&key, Bytes::from(encoded), crate::store::PutMode::Create)
             .await;
+        if put.is_ok() {
+            crate::crashpoint::hit("chunk-after-put");
+        }
         let m = &crate::metrics::METRICS;
         m.chunk_put_seconds.observe(started.elapsed().as_secs_f64());
         let failure = match &put {

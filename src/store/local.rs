@@ -112,6 +112,7 @@ impl LocalStore {
         let mut f = File::from(fd);
         f.write_all(data)?;
         f.sync_data()?;
+        crate::crashpoint::hit("store-before-link");
         let proc = format!("/proc/self/fd/{}", f.as_raw_fd());
         match linkat(CWD, proc.as_str(), CWD, target, AtFlags::SYMLINK_FOLLOW) {
             Ok(()) => Ok(true),
@@ -132,6 +133,7 @@ impl LocalStore {
         let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
+        crate::crashpoint::hit("store-before-link");
         Ok(tmp)
     }
 }

@@ -82,6 +82,11 @@ impl Netsy {
 
     /// Starts `netsy serve` without waiting for it to answer.
     pub fn spawn(store: &str, port: u16, extra: &[&str]) -> Netsy {
+        Self::spawn_env(store, port, extra, &[])
+    }
+
+    /// Starts `netsy serve` with extra environment variables, without waiting.
+    pub fn spawn_env(store: &str, port: u16, extra: &[&str], env: &[(&str, &str)]) -> Netsy {
         let addr = format!("127.0.0.1:{port}");
         let log_path =
             std::env::temp_dir().join(format!("netsy-test-{port}-{:x}.log", rand::random::<u32>()));
@@ -95,6 +100,7 @@ impl Netsy {
             .env("NETSY_S3_ENDPOINT", s3_endpoint())
             .env("NETSY_S3_FORCE_PATH_STYLE", "true")
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
@@ -126,7 +132,7 @@ impl Netsy {
         }
     }
 
-    async fn wait_ready(&mut self) {
+    pub async fn wait_ready(&mut self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
