@@ -139,7 +139,7 @@ async fn writer(addr: String, ledger: Shared, cycle: usize, w: usize) {
                 );
                 let rev = resp.header().unwrap().revision();
                 ledger.lock().unwrap().record(rev, (key, None));
-            } else if leases.len() < 2 || roll % 2 == 0 {
+            } else if leases.len() < 2 || roll.is_multiple_of(2) {
                 let id = c.lease_grant(300, None).await?.id();
                 ledger.lock().unwrap().leases.insert(id, LeaseFate::Alive);
                 leases.push(id);
