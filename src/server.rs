@@ -156,6 +156,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let scheme = if tls.is_some() { "https" } else { "http" };
     let term = Arc::new(AtomicU64::new(leader.term()));
     let (log, queue) = Log::new(recovered.state, 10_000);
+    log.set_leader(Some(leader.clone()));
     let lessor = Arc::new(Lessor::default());
     let ids = Ids {
         cluster_id: id_of(&store.describe()),
@@ -317,10 +318,11 @@ async fn supervise(
     stop: CancellationToken,
 ) {
     loop {
+        log.set_leader(Some(leader.clone()));
         health.set_leading(true);
         METRICS.set_leading(Some(leader.term()));
         let renew_stop = CancellationToken::new();
-        let renewer = {
+        let mut renewer = {
             let (leader, renew_stop) = (leader.clone(), renew_stop.clone());
             tokio::spawn(async move { leader.keep_renewed(renew_stop).await })
         };
@@ -336,22 +338,28 @@ async fn supervise(
             let (lessor, log, ttl) = (lessor.clone(), log.clone(), config.orphan_lease_ttl);
             tokio::spawn(async move { lessor.adopt_orphans(&log, ttl).await })
         };
-        let exit = run_writer(
-            &log,
-            &mut queue,
-            &store,
-            &leader,
-            &config.writer,
-            next,
-            &stop,
-        )
-        .await;
+        // The writer notices a lost lease at its next write; an idle one learns it from the
+        // renewer, so the node steps down (and refuses linearizable reads) either way. A
+        // batch dropped mid-PUT is unacknowledged, as after a crash.
+        let (exit, renewal) = tokio::select! {
+            exit = run_writer(&log, &mut queue, &store, &leader, &config.writer, next, &stop) => {
+                renew_stop.cancel();
+                (exit, (&mut renewer).await)
+            }
+            renewal = &mut renewer => {
+                let reason = match &renewal {
+                    Ok(LeaderError::Lost) => WriteError::NotLeader,
+                    _ => WriteError::LeaseExpired,
+                };
+                (WriterExit::Fenced(reason), renewal)
+            }
+        };
         renew_stop.cancel();
+        log.set_leader(None);
         health.set_leading(false);
         METRICS.set_leading(None);
         let _ = snapshotter.await;
         adopt.abort();
-        let renewal = renewer.await;
         match exit {
             WriterExit::Shutdown | WriterExit::Closed => {
                 queue.reject_pending(&WriteError::Shutdown);

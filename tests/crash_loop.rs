@@ -363,6 +363,11 @@ async fn crash_loop(store: &str, cycles: usize, points: &[&str]) {
                 assert!(v.head >= 1);
             }
             Err(e) => {
+                // The server may be dying at its crash point: give the exit time to show.
+                let dying = Instant::now() + Duration::from_secs(3);
+                while n.child.try_wait().unwrap().is_none() && Instant::now() < dying {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
                 assert!(
                     n.child.try_wait().unwrap().is_some(),
                     "verification failed against a live server: {e}\n{}",

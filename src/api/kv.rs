@@ -11,6 +11,20 @@ use crate::proto::etcdserverpb::{
     PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 use prost::Message;
+
+/// etcd's rule: a read-only txn may be served locally only if all its ranges (in every
+/// branch, nested ones included) are serializable.
+fn txn_is_serializable(t: &TxnRequest) -> bool {
+    use crate::proto::etcdserverpb::request_op::Request as Op;
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .all(|op| match &op.request {
+            Some(Op::RequestRange(r)) => r.serializable,
+            Some(Op::RequestTxn(inner)) => txn_is_serializable(inner),
+            _ => true,
+        })
+}
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 
 pub struct KvService {
@@ -44,7 +58,11 @@ impl Kv for KvService {
     ) -> Result<GrpcResponse<RangeResponse>, Status> {
         let r = request.into_inner();
         validate::range(&r)?;
-        let state = self.ctx.log.state();
+        let state = if r.serializable {
+            self.ctx.log.state()
+        } else {
+            self.ctx.log.linearizable_state()?
+        };
         let mut resp = state.range(&r, None)?;
         // The header carries the store's current revision, whatever revision was read.
         resp.header = self.ctx.header(state.revision);
@@ -91,8 +109,14 @@ impl Kv for KvService {
         validate::txn(&t, self.ctx.limits.max_txn_ops)?;
         self.check_size(&t)?;
         let mut resp = if txn_is_read_only(&t) {
-            // Evaluated on a private copy of the published state: no writer involved.
-            let mut state = (*self.ctx.log.state()).clone();
+            // Evaluated on a private copy of the published state: no writer involved. As in
+            // etcd, it is linearizable unless every range in it is serializable.
+            let state = if txn_is_serializable(&t) {
+                self.ctx.log.state()
+            } else {
+                self.ctx.log.linearizable_state()?
+            };
+            let mut state = (*state).clone();
             state.txn(&t)?.response
         } else {
             match self.ctx.log.write(Request::Txn(t)).await? {

@@ -18,6 +18,7 @@ use crate::clock::now_ms;
 use crate::store::{DynStore, PutMode, StoreError};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -66,7 +67,14 @@ impl Default for LeaderTiming {
 struct Held {
     doc: Doc,
     etag: String,
-    valid_until: Instant,
+}
+
+/// Monotonic nanoseconds since the first lease was asked for: lets validity be one atomic
+/// load, since every linearizable read checks it.
+fn mono_ns(t: Instant) -> u64 {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(Instant::now);
+    t.saturating_duration_since(base).as_nanos() as u64
 }
 
 /// A held leader lease. Cheap to clone; all clones see renewals.
@@ -75,6 +83,8 @@ pub struct Leader {
     store: DynStore,
     timing: LeaderTiming,
     held: Arc<Mutex<Held>>,
+    /// Until when (see [`mono_ns`]) this process may act as leader.
+    valid_until: Arc<AtomicU64>,
 }
 
 const RECORD_KEY: &[u8] = b"netsy/leader";
@@ -173,11 +183,10 @@ impl Leader {
                     return Ok(Self {
                         store,
                         timing,
-                        held: Arc::new(Mutex::new(Held {
-                            doc,
-                            etag,
-                            valid_until: sent + timing.duration - timing.margin,
-                        })),
+                        held: Arc::new(Mutex::new(Held { doc, etag })),
+                        valid_until: Arc::new(AtomicU64::new(mono_ns(
+                            sent + timing.duration - timing.margin,
+                        ))),
                     });
                 }
                 Err(e) if e.is_conflict() => {
@@ -195,7 +204,7 @@ impl Leader {
 
     /// Whether this process may still acknowledge writes.
     pub fn is_valid(&self) -> bool {
-        Instant::now() < self.held.lock().unwrap().valid_until
+        mono_ns(Instant::now()) < self.valid_until.load(Ordering::Acquire)
     }
 
     /// Renews once. A conflict means another writer took the lease.
@@ -217,7 +226,10 @@ impl Leader {
                 let mut held = self.held.lock().unwrap();
                 held.doc = doc;
                 held.etag = etag;
-                held.valid_until = sent + self.timing.duration - self.timing.margin;
+                self.valid_until.store(
+                    mono_ns(sent + self.timing.duration - self.timing.margin),
+                    Ordering::Release,
+                );
                 Ok(())
             }
             Err(e) if e.is_conflict() => Err(LeaderError::Lost),
@@ -264,7 +276,7 @@ impl Leader {
             .await
         {
             Ok(_) => {
-                self.held.lock().unwrap().valid_until = Instant::now();
+                self.valid_until.store(0, Ordering::Release);
                 tracing::info!(term = doc.term, "released leader lease");
                 Ok(())
             }

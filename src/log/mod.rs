@@ -110,6 +110,10 @@ pub struct Log {
     head: watch::Sender<i64>,
     queue: mpsc::Sender<Proposal>,
     written: Arc<Written>,
+    /// The lease under which the published state is known to be the newest: linearizable
+    /// reads need it valid, so an ex-leader that was paused (and may have been succeeded)
+    /// cannot answer them from its stale state before it notices.
+    leader: Arc<arc_swap::ArcSwapOption<leader::Leader>>,
 }
 
 /// What the writer has put in the bucket since start, for snapshot thresholds and metrics.
@@ -154,6 +158,7 @@ impl Log {
                 head,
                 queue: tx,
                 written: Arc::default(),
+                leader: Arc::default(),
             },
             Queue(rx),
         )
@@ -162,6 +167,20 @@ impl Log {
     /// The current published state. Never blocks.
     pub fn state(&self) -> Arc<State> {
         self.state.load_full()
+    }
+
+    /// The published state for a linearizable read: only while this node holds a valid
+    /// leader lease, since only then is no newer write possibly acknowledged elsewhere.
+    pub fn linearizable_state(&self) -> Result<Arc<State>, WriteError> {
+        match &*self.leader.load() {
+            Some(l) if l.is_valid() => Ok(self.state()),
+            _ => Err(WriteError::NotLeader),
+        }
+    }
+
+    /// Sets (or clears, when leadership is lost) the lease that linearizable reads rely on.
+    pub fn set_leader(&self, leader: Option<leader::Leader>) {
+        self.leader.store(leader.map(Arc::new));
     }
 
     /// Publishes a state (after its chunk is durable, or after recovery).
