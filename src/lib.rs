@@ -10,6 +10,8 @@ pub mod bench;
 pub mod clock;
 pub mod crashpoint;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod http;
 pub mod inspect;
 pub mod lease;

@@ -9,7 +9,7 @@ use crate::api::{self, Context, Ids, Limits};
 use crate::http::{self, Health, Phase};
 use crate::lease::Lessor;
 use crate::log::leader::{Leader, LeaderError, LeaderTiming};
-use crate::log::recovery::recover;
+use crate::log::recovery::recover_cluster;
 use crate::log::snapshot::{self, SnapshotPolicy};
 use crate::log::{run_writer, Log, Queue, WriteError, WriterConfig, WriterExit};
 use crate::metrics::{GrpcMetricsLayer, METRICS};
@@ -132,7 +132,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         "leader lease acquired"
     );
     health.set_phase(Phase::Replaying);
-    let recovered = recover(store.as_ref())
+    let recovered = recover_cluster(store.as_ref(), leader.cluster_id())
         .await
         .context("recovering from the bucket")?;
     tracing::info!(
@@ -155,11 +155,16 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
 
     let scheme = if tls.is_some() { "https" } else { "http" };
     let term = Arc::new(AtomicU64::new(leader.term()));
+    // The cluster id is the bucket's: kept in the lease object and every file from now on.
+    let cluster_id = recovered.cluster_id;
+    leader.set_cluster_id(cluster_id);
+    let mut config = config;
+    config.writer.cluster_id = cluster_id;
     let (log, queue) = Log::new(recovered.state, 10_000);
     log.set_leader(Some(leader.clone()));
     let lessor = Arc::new(Lessor::default());
     let ids = Ids {
-        cluster_id: id_of(&store.describe()),
+        cluster_id,
         member_id: id_of(&format!("{}@{}", config.name, local)),
         name: config.name.clone(),
         client_urls: if config.advertise_client_urls.is_empty() {
@@ -331,6 +336,7 @@ async fn supervise(
             store.clone(),
             config.snapshots.clone(),
             config.writer.leader_id.clone(),
+            config.writer.cluster_id,
             last_snapshot,
             renew_stop.clone(),
         ));
@@ -396,7 +402,8 @@ async fn supervise(
                     continue;
                 }
             }
-            match recover(store.as_ref()).await {
+            leader.set_cluster_id(config.writer.cluster_id);
+            match recover_cluster(store.as_ref(), config.writer.cluster_id).await {
                 Ok(rec) => {
                     tracing::info!(revision = rec.state.revision, "reloaded from the bucket");
                     next = rec.next;

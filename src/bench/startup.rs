@@ -129,7 +129,8 @@ pub async fn run(o: &StartupOptions, dir: &Path) -> anyhow::Result<Vec<Outcome>>
             put(&mut state, i, &pool[i % pool.len()]);
         }
         let bytes = state.bytes() as u64;
-        crate::log::snapshot::write_snapshot(&store, std::sync::Arc::new(state), "bench").await?;
+        crate::log::snapshot::write_snapshot(&store, std::sync::Arc::new(state), "bench", 0)
+            .await?;
         let started = Instant::now();
         let rec = recover(&store).await?;
         let elapsed = started.elapsed();

@@ -127,6 +127,8 @@ pub struct FileMeta {
     pub compact_revision: i64,
     /// Snapshots only: the store's head revision.
     pub revision: i64,
+    /// The writing cluster's id (0: none).
+    pub cluster_id: u64,
 }
 
 /// Encodes a file. Sets every record's `crc` and the footer's CRCs and revision range.
@@ -157,6 +159,7 @@ pub fn encode(kind: FileKind, meta: &FileMeta, records: &mut [Record]) -> Result
         created_at: meta.created_at,
         compact_revision: meta.compact_revision,
         revision: meta.revision,
+        cluster_id: meta.cluster_id,
     };
     header.crc = crc64(&header.encode_to_vec());
 

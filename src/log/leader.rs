@@ -33,6 +33,13 @@ struct Doc {
     /// Wall-clock time of the write, for humans reading the object.
     written_at_ms: i64,
     released: bool,
+    /// The cluster this bucket's log belongs to (0 until the first holder recovered it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    cluster_id: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,10 +143,12 @@ impl Leader {
                 Err(StoreError::NotFound { .. }) => None,
                 Err(e) => return Err(e.into()),
             };
+            let mut cluster_id = 0;
             let (term, mode) = match &current {
                 None => (1, PutMode::Create),
                 Some(obj) => {
                     let doc = decode(&obj.data)?;
+                    cluster_id = doc.cluster_id;
                     let expired = match &observed {
                         Some((etag, since)) if *etag == obj.etag => {
                             since.elapsed() > Duration::from_millis(doc.duration_ms) + timing.margin
@@ -175,6 +184,7 @@ impl Leader {
                 renewals: 0,
                 written_at_ms: now_ms(),
                 released: false,
+                cluster_id,
             };
             let sent = Instant::now();
             match store.put(LEADER, encode(&doc), mode).await {
@@ -200,6 +210,16 @@ impl Leader {
 
     pub fn term(&self) -> u64 {
         self.held.lock().unwrap().doc.term
+    }
+
+    /// The cluster id the lease object carries (0: not yet recorded).
+    pub fn cluster_id(&self) -> u64 {
+        self.held.lock().unwrap().doc.cluster_id
+    }
+
+    /// Records the cluster id in the lease object from the next renewal on.
+    pub fn set_cluster_id(&self, id: u64) {
+        self.held.lock().unwrap().doc.cluster_id = id;
     }
 
     /// Whether this process may still acknowledge writes.

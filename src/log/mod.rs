@@ -14,7 +14,7 @@ pub mod layout;
 pub mod leader;
 pub mod recovery;
 pub mod snapshot;
-mod writer;
+pub(crate) mod writer;
 
 pub use writer::{run_writer, WriterConfig, WriterExit};
 

@@ -38,6 +38,13 @@ pub enum RecoveryError {
         first: String,
         second: String,
     },
+    #[error("{key} belongs to cluster {found:016x}, but this bucket's log is cluster {expected:016x} ({established_by}); an object copied from another cluster's bucket? remove it (see README: Reliability)")]
+    ForeignCluster {
+        key: String,
+        found: u64,
+        expected: u64,
+        established_by: String,
+    },
     #[error("{key}: {source}")]
     Inconsistent {
         key: String,
@@ -60,15 +67,48 @@ pub struct Recovered {
     pub records: u64,
     pub bytes: u64,
     pub elapsed: Duration,
+    /// The bucket's cluster id: the one its objects carry, or a new one for a bucket whose
+    /// objects carry none (a new bucket, or one the Go Netsy wrote).
+    pub cluster_id: u64,
+}
+
+/// The cluster every object must belong to, learnt from the leader lease object or the
+/// first object that records one.
+struct ClusterCheck {
+    id: u64,
+    established_by: String,
+}
+
+impl ClusterCheck {
+    fn check(&mut self, key: &str, found: u64) -> Result<(), RecoveryError> {
+        if found == 0 {
+            return Ok(());
+        }
+        if self.id == 0 {
+            self.id = found;
+            self.established_by = format!("recorded in {key}");
+            return Ok(());
+        }
+        if found != self.id {
+            return Err(RecoveryError::ForeignCluster {
+                key: key.to_string(),
+                found,
+                expected: self.id,
+                established_by: self.established_by.clone(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Loads the newest readable snapshot. Returns the state and the revision it covers.
 async fn load_snapshot(
     store: &dyn ObjectStore,
     key: &str,
-) -> Result<(State, i64, u64), RecoveryError> {
+) -> Result<(State, i64, u64, u64), RecoveryError> {
     let obj = store.get(key).await?;
     let file = format::decode(key, &obj.data)?;
+    let cluster_id = file.header.cluster_id;
     if file.header.kind != FileKind::Snapshot as i32 {
         return Err(RecoveryError::Invalid {
             key: key.into(),
@@ -100,12 +140,26 @@ async fn load_snapshot(
     }
     state.revision = revision;
     state.compact(file.header.compact_revision);
-    Ok((state, revision, obj.data.len() as u64))
+    Ok((state, revision, obj.data.len() as u64, cluster_id))
 }
 
-/// Rebuilds the state from `store`.
+/// Rebuilds the state from `store`, accepting objects of any one cluster.
 pub async fn recover(store: &dyn ObjectStore) -> Result<Recovered, RecoveryError> {
+    recover_cluster(store, 0).await
+}
+
+/// Rebuilds the state from `store`. Every object that records a cluster id must record
+/// `cluster_id` (the one in the leader lease object), or, when that is 0, the one the
+/// first such object records.
+pub async fn recover_cluster(
+    store: &dyn ObjectStore,
+    cluster_id: u64,
+) -> Result<Recovered, RecoveryError> {
     let started = Instant::now();
+    let mut cluster = ClusterCheck {
+        id: cluster_id,
+        established_by: format!("recorded in {}", layout::LEADER),
+    };
     let mut snapshots: Vec<(i64, String, i64)> = store
         .list(layout::SNAPSHOTS, None)
         .await?
@@ -137,7 +191,10 @@ pub async fn recover(store: &dyn ObjectStore) -> Result<Recovered, RecoveryError
     let mut snapshot_stored_ms = None;
     while let Some((_, key, stored_ms)) = snapshots.pop() {
         match load_snapshot(store, &key).await {
-            Ok((state, rev, size)) => {
+            Ok((state, rev, size, id)) => {
+                // Another cluster's snapshot is refused outright, never skipped for an
+                // older one: it means someone copied objects between buckets.
+                cluster.check(&key, id)?;
                 bytes += size;
                 tracing::info!(
                     key,
@@ -214,6 +271,7 @@ pub async fn recover(store: &dyn ObjectStore) -> Result<Recovered, RecoveryError
         decode_wait += waited.elapsed();
         let (key, size, file) = item?;
         bytes += size;
+        cluster.check(&key, file.header.cluster_id)?;
         let seq = layout::parse_chunk_key(&key).map_or(0, |(_, s)| s);
         let has_kv = file.records.iter().any(|r| !State::is_control(r));
         if file.records.is_empty() {
@@ -306,5 +364,10 @@ pub async fn recover(store: &dyn ObjectStore) -> Result<Recovered, RecoveryError
         records,
         bytes,
         elapsed: started.elapsed(),
+        cluster_id: if cluster.id != 0 {
+            cluster.id
+        } else {
+            (rand::random::<u64>() >> 1).max(1)
+        },
     })
 }

@@ -68,6 +68,7 @@ pub async fn write_snapshot(
     store: &dyn ObjectStore,
     state: std::sync::Arc<State>,
     leader_id: &str,
+    cluster_id: u64,
 ) -> Result<String, SnapshotError> {
     let revision = state.revision;
     let key = layout::snapshot_key(revision);
@@ -79,6 +80,7 @@ pub async fn write_snapshot(
             created_at: Some(now_timestamp()),
             compact_revision: state.compact_revision,
             revision: state.revision,
+            cluster_id,
         };
         format::encode(FileKind::Snapshot, &meta, &mut records).map(|b| (b, records.len()))
     })
@@ -167,6 +169,7 @@ pub async fn run(
     store: DynStore,
     policy: SnapshotPolicy,
     leader_id: String,
+    cluster_id: u64,
     last_snapshot: Option<i64>,
     stop: CancellationToken,
 ) {
@@ -201,7 +204,7 @@ pub async fn run(
                 || last_at.elapsed() >= policy.max_age);
         if due {
             let started = Instant::now();
-            match write_snapshot(store.as_ref(), state.clone(), &leader_id).await {
+            match write_snapshot(store.as_ref(), state.clone(), &leader_id, cluster_id).await {
                 Ok(_) => {
                     tracing::info!(
                         revision = state.revision,

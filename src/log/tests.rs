@@ -25,6 +25,10 @@ struct Running {
 }
 
 async fn start(mem: std::sync::Arc<MemoryStore>) -> Running {
+    start_as(mem, WriterConfig::default()).await
+}
+
+async fn start_as(mem: std::sync::Arc<MemoryStore>, config: WriterConfig) -> Running {
     let store: DynStore = mem.clone();
     let stop = CancellationToken::new();
     let leader = Leader::acquire(store.clone(), "test", LeaderTiming::default(), &stop)
@@ -34,16 +38,7 @@ async fn start(mem: std::sync::Arc<MemoryStore>) -> Running {
     let (log, mut queue) = Log::new(rec.state, 1024);
     let (l, s) = (log.clone(), stop.clone());
     let task = tokio::spawn(async move {
-        run_writer(
-            &l,
-            &mut queue,
-            &store,
-            &leader,
-            &WriterConfig::default(),
-            rec.next,
-            &s,
-        )
-        .await
+        run_writer(&l, &mut queue, &store, &leader, &config, rec.next, &s).await
     });
     Running {
         log,
@@ -283,6 +278,59 @@ async fn gap_overlap_and_corruption_stop_recovery_with_the_object_named() {
     ));
 }
 
+#[tokio::test]
+async fn objects_from_another_cluster_stop_recovery_with_the_object_named() {
+    use super::recovery::recover_cluster;
+    use crate::log::snapshot::write_snapshot;
+    let ours = WriterConfig {
+        cluster_id: 7,
+        ..Default::default()
+    };
+    // A Go bucket (no ids) continued by cluster 7: its id is learnt from its chunks.
+    let mem = go_bucket().await;
+    let r = start_as(mem.clone(), ours.clone()).await;
+    r.log.write(put("/a", "1")).await.unwrap();
+    r.stop.cancel();
+    r.task.await.unwrap();
+    assert_eq!(recover(mem.as_ref()).await.unwrap().cluster_id, 7);
+    assert_eq!(
+        recover_cluster(mem.as_ref(), 7).await.unwrap().cluster_id,
+        7
+    );
+
+    // The lease object says 7, but a chunk was written by cluster 9.
+    let err = recover_cluster(mem.as_ref(), 9).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RecoveryError::ForeignCluster {
+                found: 7,
+                expected: 9,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&chunk_key(Position::new(201, 0))),
+        "{err}"
+    );
+
+    // A snapshot copied in from cluster 9 is refused, not skipped for an older one.
+    let state = recover(mem.as_ref()).await.unwrap().state;
+    let key = write_snapshot(mem.as_ref(), std::sync::Arc::new(state), "other", 9)
+        .await
+        .unwrap();
+    let err = recover_cluster(mem.as_ref(), 7).await.unwrap_err();
+    assert!(err.to_string().contains(&key), "{err}");
+    assert!(err.to_string().contains("another cluster"), "{err}");
+
+    // A bucket no object of which records an id gets a new one.
+    let fresh = go_bucket().await;
+    let a = recover(fresh.as_ref()).await.unwrap().cluster_id;
+    assert_ne!(a, 0);
+}
+
 mod snapshots {
     use super::*;
     use crate::log::snapshot::{clean_up, write_snapshot};
@@ -336,7 +384,7 @@ mod snapshots {
         let mem = std::sync::Arc::new(MemoryStore::new());
         let r = busy_log(mem.clone()).await;
         let before = r.log.state();
-        write_snapshot(mem.as_ref(), before.clone(), "test")
+        write_snapshot(mem.as_ref(), before.clone(), "test", 0)
             .await
             .unwrap();
         // Writes after the snapshot come from chunks.
@@ -378,7 +426,7 @@ mod snapshots {
     async fn clean_up_waits_for_the_grace_period_and_keeps_recovery_whole() {
         let mem = std::sync::Arc::new(MemoryStore::new());
         let r = busy_log(mem.clone()).await;
-        write_snapshot(mem.as_ref(), r.log.state(), "test")
+        write_snapshot(mem.as_ref(), r.log.state(), "test", 0)
             .await
             .unwrap();
         r.log.write(put("after", "1")).await.unwrap();
@@ -400,7 +448,7 @@ mod snapshots {
         // More snapshots than `keep`: the oldest go.
         for i in 0..3 {
             r.log.write(put("more", &i.to_string())).await.unwrap();
-            write_snapshot(mem.as_ref(), r.log.state(), "test")
+            write_snapshot(mem.as_ref(), r.log.state(), "test", 0)
                 .await
                 .unwrap();
         }
@@ -418,7 +466,7 @@ mod snapshots {
     async fn every_object_netsy_writes_is_a_file_the_go_reader_accepts() {
         let mem = std::sync::Arc::new(MemoryStore::new());
         let r = busy_log(mem.clone()).await;
-        write_snapshot(mem.as_ref(), r.log.state(), "test")
+        write_snapshot(mem.as_ref(), r.log.state(), "test", 0)
             .await
             .unwrap();
         let keys = mem.keys();
@@ -490,7 +538,7 @@ mod snapshots {
             .await
         });
         b_log.write(put("from-b", "1")).await.unwrap();
-        write_snapshot(mem.as_ref(), b_log.state(), "b")
+        write_snapshot(mem.as_ref(), b_log.state(), "b", 0)
             .await
             .unwrap();
         clean_up(mem.as_ref(), Duration::ZERO, 3).await.unwrap();

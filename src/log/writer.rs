@@ -15,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 pub struct WriterConfig {
     /// Written into every chunk header and record.
     pub leader_id: String,
+    /// Written into every chunk header (0: none).
+    pub cluster_id: u64,
     /// Most records one chunk may hold.
     pub max_batch_records: usize,
     /// Most request bytes one batch may take.
@@ -27,6 +29,7 @@ impl Default for WriterConfig {
     fn default() -> Self {
         Self {
             leader_id: "netsy".into(),
+            cluster_id: 0,
             max_batch_records: 10_000,
             max_batch_bytes: 16 * 1024 * 1024,
             commit_window: Duration::ZERO,
@@ -45,7 +48,7 @@ pub enum WriterExit {
 }
 
 /// Evaluates one request against `work`, appending its records.
-fn evaluate(
+pub(crate) fn evaluate(
     work: &mut State,
     request: &Request,
     records: &mut Vec<Record>,
@@ -155,7 +158,7 @@ fn evaluate(
 /// Control records placed before the first key-value record of a chunk take that record's
 /// revision, so revisions never decrease within a chunk and the footer's first revision is
 /// the chunk's log position.
-fn align_control_records(records: &mut [Record]) -> Option<i64> {
+pub(crate) fn align_control_records(records: &mut [Record]) -> Option<i64> {
     let first_kv = records
         .iter()
         .find(|r| !State::is_control(r))
@@ -240,6 +243,7 @@ pub async fn run_writer(
         let key = chunk_key(position);
         let meta = FileMeta {
             leader_id: config.leader_id.clone(),
+            cluster_id: config.cluster_id,
             created_at: Some(created_at),
             ..Default::default()
         };
