@@ -243,6 +243,10 @@ struct ServeArgs {
     /// Most operations in one transaction (etcd's --max-txn-ops).
     #[arg(long, env = "NETSY_MAX_TXN_OPS", default_value_t = 128)]
     max_txn_ops: usize,
+    /// Space quota in bytes of retained key+value data (etcd's flag; 0: the 2 GiB default).
+    /// Past it the NOSPACE alarm is raised and writes that add data fail.
+    #[arg(long, env = "NETSY_QUOTA_BACKEND_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
+    quota_backend_bytes: i64,
     /// Snapshot after this many records were written since the last snapshot.
     #[arg(long, env = "NETSY_SNAPSHOT_EVERY_RECORDS", default_value_t = 100_000)]
     snapshot_every_records: u64,
@@ -392,6 +396,7 @@ impl ServeArgs {
             limits: netsy::api::Limits {
                 max_request_bytes: self.max_request_bytes,
                 max_txn_ops: self.max_txn_ops,
+                quota_backend_bytes: self.quota_backend_bytes,
             },
             progress_notify_interval: Duration::from_millis(
                 self.progress_notify_interval_ms.max(1),

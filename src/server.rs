@@ -162,6 +162,17 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     config.writer.cluster_id = cluster_id;
     let (log, queue) = Log::new(recovered.state, 10_000);
     log.set_leader(Some(leader.clone()));
+    log.quota().set_limit(config.limits.quota_backend_bytes);
+    // etcd keeps the alarm in its backend; here it is recomputed from the state at start.
+    let state = log.state();
+    if state.bytes() > log.quota().limit() {
+        log.quota().raise();
+        tracing::error!(
+            bytes = state.bytes(),
+            quota_bytes = log.quota().limit(),
+            "the data exceeds the space quota; NOSPACE alarm raised"
+        );
+    }
     let lessor = Arc::new(Lessor::default());
     let ids = Ids {
         cluster_id,

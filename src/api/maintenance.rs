@@ -26,12 +26,44 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
-    async fn alarm(&self, _r: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        // No alarm can be raised: space is the bucket's, corruption stops recovery.
+    async fn alarm(&self, r: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        // The only alarm is NOSPACE (the space quota); corruption stops recovery instead.
+        let r = r.into_inner();
+        let quota = self.ctx.log.quota();
+        let nospace = AlarmMember {
+            member_id: self.ctx.ids.member_id,
+            alarm: AlarmType::Nospace as i32,
+        };
+        let alarms = match alarm_request::AlarmAction::try_from(r.action) {
+            Ok(alarm_request::AlarmAction::Get) => {
+                let wanted = r.alarm == AlarmType::None as i32 || r.alarm == nospace.alarm;
+                if wanted && quota.is_raised() {
+                    vec![nospace]
+                } else {
+                    vec![]
+                }
+            }
+            Ok(alarm_request::AlarmAction::Activate) if r.alarm == nospace.alarm => {
+                quota.raise();
+                vec![nospace]
+            }
+            Ok(alarm_request::AlarmAction::Deactivate) if r.alarm == nospace.alarm => {
+                let was = quota.is_raised();
+                quota.disarm();
+                if was {
+                    tracing::info!("NOSPACE alarm disarmed");
+                    vec![nospace]
+                } else {
+                    vec![]
+                }
+            }
+            Ok(_) => vec![],
+            Err(_) => return Err(Status::invalid_argument("unknown alarm action")),
+        };
         let state = self.ctx.log.state();
         Ok(Response::new(AlarmResponse {
             header: self.ctx.header(state.revision),
-            alarms: vec![],
+            alarms,
         }))
     }
 

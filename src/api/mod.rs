@@ -46,6 +46,8 @@ pub struct Limits {
     pub max_request_bytes: usize,
     /// `--max-txn-ops` (default 128).
     pub max_txn_ops: usize,
+    /// `--quota-backend-bytes` (default 2 GiB).
+    pub quota_backend_bytes: i64,
 }
 
 impl Default for Limits {
@@ -53,6 +55,7 @@ impl Default for Limits {
         Self {
             max_request_bytes: 1536 * 1024,
             max_txn_ops: 128,
+            quota_backend_bytes: crate::log::DEFAULT_QUOTA_BYTES,
         }
     }
 }
@@ -175,6 +178,10 @@ impl From<WriteError> for Status {
                 format!("etcdserver: request timed out ({e})"),
             ),
             WriteError::TooLarge(_) => errors::request_too_large(),
+            WriteError::NoSpace => Status::new(
+                Code::ResourceExhausted,
+                "etcdserver: mvcc: database space exceeded",
+            ),
             WriteError::Shutdown => errors::stopped(),
         }
     }

@@ -45,6 +45,26 @@ pub enum Request {
 }
 
 impl Request {
+    /// Whether the request can add data (and so is refused under the NOSPACE alarm).
+    pub fn adds_data(&self) -> bool {
+        fn txn_puts(t: &TxnRequest) -> bool {
+            use crate::proto::etcdserverpb::request_op::Request as Op;
+            t.success
+                .iter()
+                .chain(&t.failure)
+                .any(|op| match &op.request {
+                    Some(Op::RequestPut(_)) => true,
+                    Some(Op::RequestTxn(inner)) => txn_puts(inner),
+                    _ => false,
+                })
+        }
+        match self {
+            Request::Put(_) | Request::LeaseGrant { .. } => true,
+            Request::Txn(t) => txn_puts(t),
+            _ => false,
+        }
+    }
+
     /// Rough size, for bounding a batch.
     fn size(&self) -> usize {
         use prost::Message;
@@ -84,6 +104,9 @@ pub enum WriteError {
     LeaseExpired,
     #[error("chunk too large: {0}")]
     TooLarge(String),
+    /// The space quota is exhausted (etcd's NOSPACE alarm).
+    #[error("database space exceeded")]
+    NoSpace,
     #[error("shutting down")]
     Shutdown,
 }
@@ -114,6 +137,77 @@ pub struct Log {
     /// reads need it valid, so an ex-leader that was paused (and may have been succeeded)
     /// cannot answer them from its stale state before it notices.
     leader: Arc<arc_swap::ArcSwapOption<leader::Leader>>,
+    quota: Arc<Quota>,
+}
+
+/// etcd's space quota (`--quota-backend-bytes`) over the bytes of every retained version,
+/// the state's size in memory: past it the NOSPACE alarm is raised and requests that add
+/// data fail (deletes, compaction and revokes still work) until an operator compacts and
+/// disarms it. This is the bound on memory: a clear error instead of an OOM kill.
+#[derive(Debug)]
+pub struct Quota {
+    limit: std::sync::atomic::AtomicI64,
+    nospace: std::sync::atomic::AtomicBool,
+}
+
+impl Default for Quota {
+    fn default() -> Self {
+        Self {
+            limit: std::sync::atomic::AtomicI64::new(DEFAULT_QUOTA_BYTES),
+            nospace: Default::default(),
+        }
+    }
+}
+
+/// etcd's default `--quota-backend-bytes`.
+pub const DEFAULT_QUOTA_BYTES: i64 = 2 * 1024 * 1024 * 1024;
+
+impl Quota {
+    pub fn set_limit(&self, bytes: i64) {
+        let bytes = if bytes <= 0 {
+            DEFAULT_QUOTA_BYTES
+        } else {
+            bytes
+        };
+        self.limit
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn limit(&self) -> i64 {
+        self.limit.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether a request costing `cost` bytes may be applied to a state of `current` bytes;
+    /// raises the alarm when not.
+    pub fn admit(&self, current: i64, cost: i64) -> bool {
+        if self.is_raised() {
+            return false;
+        }
+        if current + cost > self.limit() {
+            self.raise();
+            tracing::error!(
+                quota_bytes = self.limit(),
+                bytes = current,
+                "space quota exceeded; NOSPACE alarm raised: writes that add data fail until keys are deleted or compacted and the alarm is disarmed (etcdctl alarm disarm)"
+            );
+            return false;
+        }
+        true
+    }
+
+    pub fn raise(&self) {
+        self.nospace
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn disarm(&self) {
+        self.nospace
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn is_raised(&self) -> bool {
+        self.nospace.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// What the writer has put in the bucket since start, for snapshot thresholds and metrics.
@@ -159,6 +253,7 @@ impl Log {
                 queue: tx,
                 written: Arc::default(),
                 leader: Arc::default(),
+                quota: Arc::default(),
             },
             Queue(rx),
         )
@@ -176,6 +271,11 @@ impl Log {
             Some(l) if l.is_valid() => Ok(self.state()),
             _ => Err(WriteError::NotLeader),
         }
+    }
+
+    /// The space quota and its alarm.
+    pub fn quota(&self) -> &Quota {
+        &self.quota
     }
 
     /// Sets (or clears, when leadership is lost) the lease that linearizable reads rely on.

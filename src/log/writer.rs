@@ -218,8 +218,14 @@ pub async fn run_writer(
         let mut work = (*base).clone();
         let mut records = Vec::new();
         let mut results = Vec::with_capacity(batch.len());
+        let quota = log.quota();
         for p in &batch {
-            results.push(evaluate(&mut work, &p.request, &mut records).map_err(WriteError::from));
+            let request = &p.request;
+            if request.adds_data() && !quota.admit(work.bytes(), request.size() as i64) {
+                results.push(Err(WriteError::NoSpace));
+                continue;
+            }
+            results.push(evaluate(&mut work, request, &mut records).map_err(WriteError::from));
         }
         if records.is_empty() {
             // Nothing to persist or publish: every request failed or changed nothing, so the
