@@ -247,6 +247,10 @@ struct ServeArgs {
     /// Past it the NOSPACE alarm is raised and writes that add data fail.
     #[arg(long, env = "NETSY_QUOTA_BACKEND_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
     quota_backend_bytes: i64,
+    /// Most watchers one Watch stream may hold (Netsy's own bound; etcd has none); a
+    /// create beyond it is answered created-and-canceled with the reason.
+    #[arg(long, env = "NETSY_MAX_WATCHERS_PER_STREAM", default_value_t = 10_000)]
+    max_watchers_per_stream: usize,
     /// Snapshot after this many records were written since the last snapshot.
     #[arg(long, env = "NETSY_SNAPSHOT_EVERY_RECORDS", default_value_t = 100_000)]
     snapshot_every_records: u64,
@@ -397,6 +401,7 @@ impl ServeArgs {
                 max_request_bytes: self.max_request_bytes,
                 max_txn_ops: self.max_txn_ops,
                 quota_backend_bytes: self.quota_backend_bytes,
+                max_watchers_per_stream: self.max_watchers_per_stream.max(1),
             },
             progress_notify_interval: Duration::from_millis(
                 self.progress_notify_interval_ms.max(1),

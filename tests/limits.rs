@@ -123,3 +123,58 @@ async fn nospace_is_raised_again_at_start_when_the_data_exceeds_the_quota() {
     // Reads still work.
     assert_eq!(c.get("/k/1", None).await.unwrap().count(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_per_stream_are_bounded_and_the_stream_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("file://{}", dir.path().display());
+    let n = Netsy::start(&store, &["--max-watchers-per-stream", "3"]).await;
+    let mut c = n.client().await.unwrap();
+    let (mut sender, mut stream) = c
+        .watch(
+            "/w/0",
+            Some(etcd_client::WatchOptions::new().with_watch_id(1)),
+        )
+        .await
+        .unwrap()
+        .split();
+    for id in 2..=4 {
+        let opts = etcd_client::WatchOptions::new().with_watch_id(id);
+        sender.watch(format!("/w/{id}"), Some(opts)).await.unwrap();
+    }
+    let mut created = Vec::new();
+    let mut refused = Vec::new();
+    while created.len() + refused.len() < 4 {
+        let resp = stream.message().await.unwrap().unwrap();
+        if resp.canceled() {
+            refused.push(resp.cancel_reason().to_string());
+        } else if resp.created() {
+            created.push(resp.watch_id());
+        }
+    }
+    assert_eq!(created, [1, 2, 3]);
+    assert_eq!(refused.len(), 1);
+    assert!(refused[0].contains("too many watchers"), "{refused:?}");
+    // The stream and its watchers keep working.
+    c.put("/w/2", "v", None).await.unwrap();
+    let resp = stream.message().await.unwrap().unwrap();
+    assert_eq!(resp.watch_id(), 2);
+    assert_eq!(resp.events()[0].kv().unwrap().value(), b"v");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_requests_get_etcds_error_and_change_nothing() {
+    let etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let n = Netsy::start(&format!("file://{}", dir.path().display()), &[]).await;
+    let mut seen = Vec::new();
+    for addr in [&etcd.addr, &n.addr] {
+        let mut c = Client::connect([addr.as_str()], None).await.unwrap();
+        let big = vec![b'x'; 1536 * 1024 + 1];
+        let err = c.put("/big", big, None).await.unwrap_err();
+        let after = c.get("/big", None).await.unwrap().count();
+        seen.push((err.to_string(), after));
+    }
+    assert_eq!(seen[0], seen[1]);
+    assert!(seen[1].0.contains("request is too large"), "{seen:?}");
+}

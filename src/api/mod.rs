@@ -48,6 +48,8 @@ pub struct Limits {
     pub max_txn_ops: usize,
     /// `--quota-backend-bytes` (default 2 GiB).
     pub quota_backend_bytes: i64,
+    /// `--max-watchers-per-stream` (Netsy's; default 10,000).
+    pub max_watchers_per_stream: usize,
 }
 
 impl Default for Limits {
@@ -56,6 +58,7 @@ impl Default for Limits {
             max_request_bytes: 1536 * 1024,
             max_txn_ops: 128,
             quota_backend_bytes: crate::log::DEFAULT_QUOTA_BYTES,
+            max_watchers_per_stream: 10_000,
         }
     }
 }

@@ -171,13 +171,24 @@ impl StreamTask {
             }
             self.next_id
         };
-        if self.watchers.contains_key(&id) {
+        let refused = if self.watchers.contains_key(&id) {
+            Some("mvcc: duplicate watch ID provided on the WatchStream".to_string())
+        } else if self.watchers.len() >= self.ctx.limits.max_watchers_per_stream {
+            // etcd has no such bound; every watcher costs the stream memory and wake-ups.
+            Some(format!(
+                "netsy: too many watchers on this stream (--max-watchers-per-stream {})",
+                self.ctx.limits.max_watchers_per_stream
+            ))
+        } else {
+            None
+        };
+        if let Some(cancel_reason) = refused {
             let resp = WatchResponse {
                 header: self.ctx.header(state.revision),
                 watch_id: -1,
                 created: true,
                 canceled: true,
-                cancel_reason: "mvcc: duplicate watch ID provided on the WatchStream".into(),
+                cancel_reason,
                 ..Default::default()
             };
             return self.send(resp).await;
