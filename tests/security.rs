@@ -9,7 +9,11 @@ use common::{free_port, Netsy};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_never_reach_the_log() {
     common::s3_store("probe").await;
-    let store = format!("s3://{}/{}", common::s3_bucket(), common::unique_prefix("secrets"));
+    let store = format!(
+        "s3://{}/{}",
+        common::s3_bucket(),
+        common::unique_prefix("secrets")
+    );
     let secret = "NetsyTestSecretKey0123456789abcdefSECRET";
     let token = "NetsyTestSessionTokenTOKEN0123456789";
     for format in ["text", "json"] {
@@ -30,10 +34,16 @@ async fn credentials_never_reach_the_log() {
         n.terminate();
         let log = n.log();
         assert!(log.len() > 1000, "debug logging produced little:\n{log}");
-        assert!(log.contains("committed chunk"), "the S3 path was exercised at debug level");
+        assert!(
+            log.contains("committed chunk"),
+            "the S3 path was exercised at debug level"
+        );
         for (what, s) in [("secret key", secret), ("session token", token)] {
             assert!(!log.contains(s), "the {what} is in the {format} log");
-            assert!(!log.contains(&s[..16]), "part of the {what} is in the {format} log");
+            assert!(
+                !log.contains(&s[..16]),
+                "part of the {what} is in the {format} log"
+            );
         }
     }
 }

@@ -74,6 +74,9 @@ impl Default for LeaderTiming {
 struct Held {
     doc: Doc,
     etag: String,
+    /// A renewal whose outcome is unknown (timed out or failed in flight): its renewal
+    /// number and when it was first sent. If it landed, the lease counts from then.
+    pending: Option<(u64, Instant)>,
 }
 
 /// Monotonic nanoseconds since the first lease was asked for: lets validity be one atomic
@@ -193,7 +196,11 @@ impl Leader {
                     return Ok(Self {
                         store,
                         timing,
-                        held: Arc::new(Mutex::new(Held { doc, etag })),
+                        held: Arc::new(Mutex::new(Held {
+                            doc,
+                            etag,
+                            pending: None,
+                        })),
                         valid_until: Arc::new(AtomicU64::new(mono_ns(
                             sent + timing.duration - timing.margin,
                         ))),
@@ -228,33 +235,65 @@ impl Leader {
     }
 
     /// Renews once. A conflict means another writer took the lease.
+    ///
+    /// Each attempt is bounded (a stalled request must not outlive the lease); an attempt
+    /// whose outcome is unknown may have landed, so a later conflict is checked against the
+    /// object before the lease is given up: finding our own renewal there means it is ours.
     pub async fn renew(&self) -> Result<(), LeaderError> {
-        let (doc, etag) = {
-            let held = self.held.lock().unwrap();
+        let now = Instant::now();
+        let (doc, etag, first_sent) = {
+            let mut held = self.held.lock().unwrap();
             let mut doc = held.doc.clone();
             doc.renewals += 1;
             doc.written_at_ms = now_ms();
-            (doc, held.etag.clone())
+            let first_sent = match held.pending {
+                Some((n, at)) if n == doc.renewals => at,
+                _ => now,
+            };
+            held.pending = Some((doc.renewals, first_sent));
+            (doc, held.etag.clone(), first_sent)
         };
-        let sent = Instant::now();
-        match self
-            .store
-            .put(LEADER, encode(&doc), PutMode::Update(etag))
-            .await
-        {
-            Ok(etag) => {
-                let mut held = self.held.lock().unwrap();
-                held.doc = doc;
-                held.etag = etag;
-                self.valid_until.store(
-                    mono_ns(sent + self.timing.duration - self.timing.margin),
-                    Ordering::Release,
-                );
-                Ok(())
+        let attempt = self.store.put(LEADER, encode(&doc), PutMode::Update(etag));
+        let result = match tokio::time::timeout(self.timing.duration / 5, attempt).await {
+            Ok(r) => r,
+            Err(_) => {
+                return Err(LeaderError::Store(StoreError::Transient {
+                    key: LEADER.into(),
+                    message: "renewal attempt timed out".into(),
+                }))
             }
-            Err(e) if e.is_conflict() => Err(LeaderError::Lost),
-            Err(e) => Err(e.into()),
-        }
+        };
+        let etag = match result {
+            Ok(etag) => etag,
+            Err(e) if e.is_conflict() => match self.store.get(LEADER).await {
+                Ok(obj) => match decode(&obj.data) {
+                    Ok(found)
+                        if found.holder == doc.holder
+                            && found.term == doc.term
+                            && found.renewals == doc.renewals =>
+                    {
+                        tracing::info!(
+                            renewals = doc.renewals,
+                            "an earlier renewal attempt had landed; keeping the lease"
+                        );
+                        obj.etag
+                    }
+                    _ => return Err(LeaderError::Lost),
+                },
+                Err(e) => return Err(e.into()),
+            },
+            Err(e) => return Err(e.into()),
+        };
+        let mut held = self.held.lock().unwrap();
+        held.doc = doc;
+        held.etag = etag;
+        held.pending = None;
+        // Counted from the first attempt: a contender may have seen that one land.
+        self.valid_until.store(
+            mono_ns(first_sent + self.timing.duration - self.timing.margin),
+            Ordering::Release,
+        );
+        Ok(())
     }
 
     /// Renews until cancelled or lost. Transient failures are retried while the lease is
@@ -355,5 +394,48 @@ mod tests {
         assert_eq!(b.term(), 2);
         assert!(!a.is_valid());
         assert!(matches!(a.renew().await, Err(LeaderError::Lost)));
+    }
+
+    #[tokio::test]
+    async fn a_renewal_that_landed_but_was_not_answered_keeps_the_lease() {
+        use crate::store::memory::{Fault, Op};
+        let mem = Arc::new(MemoryStore::new());
+        let store: DynStore = mem.clone();
+        let stop = CancellationToken::new();
+        let a = Leader::acquire(store.clone(), "a", fast(), &stop)
+            .await
+            .unwrap();
+        mem.inject(Op::Put, 1, Fault::ApplyThenFail);
+        assert!(matches!(a.renew().await, Err(LeaderError::Store(_))));
+        // The retry conflicts with our own landed renewal, which is recognised.
+        a.renew().await.unwrap();
+        assert!(a.is_valid());
+        a.renew().await.unwrap();
+        assert_eq!(
+            decode(&store.get(LEADER).await.unwrap().data)
+                .unwrap()
+                .renewals,
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stalled_renewal_attempt_is_cut_short_inside_the_lease() {
+        use crate::store::memory::{Fault, Op};
+        let mem = Arc::new(MemoryStore::new());
+        let store: DynStore = mem.clone();
+        let stop = CancellationToken::new();
+        let a = Leader::acquire(store.clone(), "a", fast(), &stop)
+            .await
+            .unwrap();
+        mem.inject(Op::Put, 1, Fault::Delay(Duration::from_secs(30)));
+        let started = Instant::now();
+        assert!(a.renew().await.is_err());
+        assert!(
+            started.elapsed() < fast().duration / 2,
+            "the attempt was not bounded"
+        );
+        a.renew().await.unwrap();
+        assert!(a.is_valid());
     }
 }

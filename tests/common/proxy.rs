@@ -13,12 +13,35 @@ pub enum ProxyFault {
     SlowDown,
     /// Forward the request, read S3's response, then drop the connection unanswered.
     LoseResponse,
+    /// Answer `500 InternalError` without forwarding.
+    InternalError,
+    /// Drop the connection without forwarding (a reset).
+    Reset,
+    /// Hold the request unanswered for 12 s (past the client's attempt timeout), then drop.
+    Stall,
+}
+
+impl ProxyFault {
+    pub const ALL: [ProxyFault; 5] = [
+        ProxyFault::SlowDown,
+        ProxyFault::LoseResponse,
+        ProxyFault::InternalError,
+        ProxyFault::Reset,
+        ProxyFault::Stall,
+    ];
 }
 
 #[derive(Clone, Default)]
 pub struct FaultyProxy {
     pub faults: Arc<Mutex<VecDeque<ProxyFault>>>,
     pub faulted: Arc<Mutex<Vec<ProxyFault>>>,
+    /// Percent of requests (beyond the queued faults) given a random fault of `random`.
+    pub rate: Arc<std::sync::atomic::AtomicU32>,
+    pub random: Arc<Mutex<Vec<ProxyFault>>>,
+    /// While set, every request is reset: S3 is down.
+    pub down: Arc<std::sync::atomic::AtomicBool>,
+    /// Requests seen, by method.
+    pub seen: Arc<Mutex<std::collections::BTreeMap<String, usize>>>,
 }
 
 /// Reads one HTTP request (head and Content-Length body).
@@ -91,11 +114,41 @@ impl FaultyProxy {
                     // connection, so faults apply per request even when the client reuses
                     // its connection.
                     while let Some(req) = read_request(&mut client).await {
-                        let fault = this.faults.lock().unwrap().pop_front();
+                        let method = String::from_utf8_lossy(&req[..req.len().min(8)])
+                            .split(' ')
+                            .next()
+                            .unwrap_or_default()
+                            .to_string();
+                        *this.seen.lock().unwrap().entry(method).or_default() += 1;
+                        if this.down.load(std::sync::atomic::Ordering::Relaxed) {
+                            return;
+                        }
+                        let mut fault = this.faults.lock().unwrap().pop_front();
+                        let rate = this.rate.load(std::sync::atomic::Ordering::Relaxed);
+                        if fault.is_none() && rand::random::<u32>() % 100 < rate {
+                            let kinds = this.random.lock().unwrap().clone();
+                            if !kinds.is_empty() {
+                                fault = Some(kinds[rand::random::<u32>() as usize % kinds.len()]);
+                            }
+                        }
                         if let Some(f) = fault {
                             this.faulted.lock().unwrap().push(f);
                         }
                         match fault {
+                            Some(ProxyFault::Reset) => return,
+                            Some(ProxyFault::Stall) => {
+                                tokio::time::sleep(std::time::Duration::from_secs(12)).await;
+                                return;
+                            }
+                            Some(ProxyFault::InternalError) => {
+                                let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>InternalError</Code><Message>We encountered an internal error. Please try again.</Message></Error>";
+                                let resp = format!(
+                                    "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                                    body.len()
+                                );
+                                let _ = client.write_all(resp.as_bytes()).await;
+                                return;
+                            }
                             Some(ProxyFault::SlowDown) => {
                                 let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
                                 let resp = format!(
