@@ -21,6 +21,10 @@ dev *ARGS:
 test *ARGS:
     scripts/test.sh {{ARGS}}
 
+# Run each fuzz target for SECONDS (default 30) over fuzz/corpus; cargo-fuzz is installed if absent.
+fuzz SECONDS="30":
+    NETSY_FUZZ_SECONDS={{SECONDS}} scripts/fuzz.sh
+
 lint:
     cargo fmt --all -- --check
     cargo clippy --all-targets -- -D warnings

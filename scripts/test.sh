@@ -4,9 +4,9 @@
 # Installs, if missing: LocalStack (pinned, in a Python venv under ~/.cache/netsy, or Docker
 # when an engine answers); etcd 3.4 + etcdctl, curl and openssl (Debian packages
 # etcd-server, etcd-client, curl, openssl: the etcdctl, differential and TLS tests); and
-# just (cargo install --locked, for the Justfile). Then starts LocalStack, and runs
-# cargo fmt --check, clippy with -D warnings, and every test (unit tests, and behaviour
-# tests against the real binary, LocalStack and etcd).
+# just and cargo-fuzz (cargo install --locked). Then starts LocalStack, and runs
+# cargo fmt --check, clippy with -D warnings, every test (unit tests, and behaviour
+# tests against the real binary, LocalStack and etcd), and each fuzz target for 30 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,3 +33,5 @@ echo "test.sh: cargo clippy --all-targets -- -D warnings" >&2
 cargo clippy --all-targets -- -D warnings
 echo "test.sh: cargo test" >&2
 cargo test --all-targets -- "$@"
+echo "test.sh: fuzzing (scripts/fuzz.sh)" >&2
+scripts/fuzz.sh

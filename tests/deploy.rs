@@ -107,6 +107,7 @@ fn scripts_parse_and_the_justfile_lists_its_recipes() {
         "scripts/etcdctl.sh",
         "scripts/kube-apiserver.sh",
         "scripts/bench.sh",
+        "scripts/fuzz.sh",
         "scripts/protoc",
         "deploy/userdata.sh",
         ".ci/run",
@@ -139,6 +140,7 @@ fn scripts_parse_and_the_justfile_lists_its_recipes() {
         "etcdctl",
         "certs",
         "kube-apiserver",
+        "fuzz",
     ] {
         assert!(
             recipes.contains(r),
