@@ -270,6 +270,11 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     Ok(())
 }
 
+/// The largest response sent, as etcd's default `--max-send-bytes`-equivalent (gRPC's
+/// math.MaxInt32): a range beyond it fails with ResourceExhausted instead of allocating
+/// without bound; clients page with `limit` (kube-apiserver asks for 500 keys at a time).
+const MAX_RESPONSE_BYTES: usize = i32::MAX as usize;
+
 /// The etcd gRPC services, health and reflection, as an axum router.
 async fn grpc_routes(
     ctx: &Context,
@@ -288,7 +293,7 @@ async fn grpc_routes(
     let routes = tonic::service::Routes::new(
         etcdserverpb::kv_server::KvServer::new(api::kv::KvService::new(ctx.clone()))
             .max_decoding_message_size(max_msg)
-            .max_encoding_message_size(usize::MAX),
+            .max_encoding_message_size(MAX_RESPONSE_BYTES),
     )
     .add_service(
         etcdserverpb::watch_server::WatchServer::new(api::watch::WatchService::new(
@@ -297,7 +302,7 @@ async fn grpc_routes(
             streams_stop.clone(),
         ))
         .max_decoding_message_size(max_msg)
-        .max_encoding_message_size(usize::MAX),
+        .max_encoding_message_size(MAX_RESPONSE_BYTES),
     )
     .add_service(etcdserverpb::lease_server::LeaseServer::new(
         api::lease::LeaseService::new(ctx.clone(), streams_stop.clone()),
