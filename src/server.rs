@@ -271,8 +271,8 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
 }
 
 /// The largest response sent, as etcd's default `--max-send-bytes`-equivalent (gRPC's
-/// math.MaxInt32): a range beyond it fails with ResourceExhausted instead of allocating
-/// without bound; clients page with `limit` (kube-apiserver asks for 500 keys at a time).
+/// math.MaxInt32): a range beyond it fails (tonic: OutOfRange) instead of growing
+/// past what the frame can carry; clients page with `limit` (kube-apiserver asks for 500 keys at a time).
 const MAX_RESPONSE_BYTES: usize = i32::MAX as usize;
 
 /// The etcd gRPC services, health and reflection, as an axum router.
