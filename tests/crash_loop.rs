@@ -52,15 +52,7 @@ impl Ledger {
 type Shared = Arc<Mutex<Ledger>>;
 
 async fn connect(addr: &str) -> Result<Client, etcd_client::Error> {
-    Client::connect(
-        [addr],
-        Some(
-            etcd_client::ConnectOptions::new()
-                .with_connect_timeout(Duration::from_secs(2))
-                .with_timeout(Duration::from_secs(5)),
-        ),
-    )
-    .await
+    common::connect(addr, Duration::from_secs(5)).await
 }
 
 /// One client writing until the server goes away. Panics (failing the test) only on an

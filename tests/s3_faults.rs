@@ -27,12 +27,10 @@ struct Counts {
 }
 
 async fn connect(addr: &str) -> Client {
-    Client::connect(
-        [addr],
-        Some(etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(40))),
-    )
-    .await
-    .unwrap()
+    // Long enough for a write that waits out a stalled PUT and its retries.
+    common::connect(addr, Duration::from_secs(40))
+        .await
+        .unwrap()
 }
 
 async fn writer(addr: String, w: usize, acked: Acked, counts: Arc<Counts>, stop: Arc<AtomicBool>) {

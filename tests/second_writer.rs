@@ -18,16 +18,7 @@ use std::time::{Duration, Instant};
 type Acked = Arc<Mutex<BTreeMap<String, (i64, String, &'static str)>>>;
 
 async fn connect(addr: &str) -> Option<Client> {
-    Client::connect(
-        [addr],
-        Some(
-            etcd_client::ConnectOptions::new()
-                .with_connect_timeout(Duration::from_secs(1))
-                .with_timeout(Duration::from_secs(3)),
-        ),
-    )
-    .await
-    .ok()
+    common::connect(addr, Duration::from_secs(3)).await.ok()
 }
 
 /// Puts unique keys through `addr` until `stop`, reconnecting after errors (the server

@@ -151,15 +151,7 @@ impl Netsy {
     }
 
     pub async fn client(&self) -> Result<etcd_client::Client, etcd_client::Error> {
-        etcd_client::Client::connect(
-            [self.addr.as_str()],
-            Some(
-                etcd_client::ConnectOptions::new()
-                    .with_connect_timeout(Duration::from_secs(2))
-                    .with_timeout(Duration::from_secs(10)),
-            ),
-        )
-        .await
+        connect(&self.addr, Duration::from_secs(10)).await
     }
 
     pub fn log(&self) -> String {
@@ -177,6 +169,22 @@ impl Netsy {
         unsafe_sigterm(self.child.id());
         self.child.wait().unwrap()
     }
+}
+
+/// An etcd client for `addr`: connecting gives up after 2 s, each request after `timeout`.
+pub async fn connect(
+    addr: &str,
+    timeout: Duration,
+) -> Result<etcd_client::Client, etcd_client::Error> {
+    etcd_client::Client::connect(
+        [addr],
+        Some(
+            etcd_client::ConnectOptions::new()
+                .with_connect_timeout(Duration::from_secs(2))
+                .with_timeout(timeout),
+        ),
+    )
+    .await
 }
 
 /// A plain HTTP/1.1 GET: status code and body.
