@@ -4,28 +4,24 @@
 
 use super::{validate, Context};
 use crate::log::{Request, Response};
-use crate::mvcc::txn_is_read_only;
+use crate::mvcc::{txn_all_ops, txn_is_read_only};
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 use prost::Message;
+use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 
 /// etcd's rule: a read-only txn may be served locally only if all its ranges (in every
 /// branch, nested ones included) are serializable.
 fn txn_is_serializable(t: &TxnRequest) -> bool {
     use crate::proto::etcdserverpb::request_op::Request as Op;
-    t.success
-        .iter()
-        .chain(&t.failure)
-        .all(|op| match &op.request {
-            Some(Op::RequestRange(r)) => r.serializable,
-            Some(Op::RequestTxn(inner)) => txn_is_serializable(inner),
-            _ => true,
-        })
+    txn_all_ops(t, &|op| match op {
+        Op::RequestRange(r) => r.serializable,
+        _ => true,
+    })
 }
-use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 
 pub struct KvService {
     ctx: Context,

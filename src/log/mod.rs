@@ -47,20 +47,10 @@ pub enum Request {
 impl Request {
     /// Whether the request can add data (and so is refused under the NOSPACE alarm).
     pub fn adds_data(&self) -> bool {
-        fn txn_puts(t: &TxnRequest) -> bool {
-            use crate::proto::etcdserverpb::request_op::Request as Op;
-            t.success
-                .iter()
-                .chain(&t.failure)
-                .any(|op| match &op.request {
-                    Some(Op::RequestPut(_)) => true,
-                    Some(Op::RequestTxn(inner)) => txn_puts(inner),
-                    _ => false,
-                })
-        }
+        use crate::proto::etcdserverpb::request_op::Request as Op;
         match self {
             Request::Put(_) | Request::LeaseGrant { .. } => true,
-            Request::Txn(t) => txn_puts(t),
+            Request::Txn(t) => !mvcc::txn_all_ops(t, &|op| !matches!(op, Op::RequestPut(_))),
             _ => false,
         }
     }

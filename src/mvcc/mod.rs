@@ -20,7 +20,7 @@ mod txn;
 mod tests;
 
 pub use range::{key_in_range, KeyRange};
-pub use txn::{txn_is_read_only, Evaluated, TxnEval};
+pub use txn::{txn_all_ops, txn_is_read_only, Evaluated, TxnEval};
 
 use crate::proto::mvccpb;
 use crate::proto::netsy::{Record, RecordKind};

@@ -322,14 +322,20 @@ impl State {
     }
 }
 
-/// Whether a transaction can change anything (a read-only one never reaches the writer).
-pub fn txn_is_read_only(t: &TxnRequest) -> bool {
+/// Whether `pred` holds for every operation of both branches of `t`, nested
+/// transactions' included (an empty operation counts as holding).
+pub fn txn_all_ops(t: &TxnRequest, pred: &impl Fn(&request_op::Request) -> bool) -> bool {
     t.success
         .iter()
         .chain(&t.failure)
         .all(|op| match &op.request {
-            Some(request_op::Request::RequestRange(_)) | None => true,
-            Some(request_op::Request::RequestTxn(inner)) => txn_is_read_only(inner),
-            _ => false,
+            None => true,
+            Some(request_op::Request::RequestTxn(inner)) => txn_all_ops(inner, pred),
+            Some(other) => pred(other),
         })
+}
+
+/// Whether a transaction can change anything (a read-only one never reaches the writer).
+pub fn txn_is_read_only(t: &TxnRequest) -> bool {
+    txn_all_ops(t, &|op| matches!(op, request_op::Request::RequestRange(_)))
 }
