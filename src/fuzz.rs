@@ -121,12 +121,8 @@ pub fn requests(data: &[u8]) {
     let mut records = state.to_records();
     let bytes = format::encode(FileKind::Snapshot, &meta, &mut records).expect("snapshot encodes");
     let file = format::decode("snapshot.netsy", &bytes).expect("snapshot decodes");
-    let mut loaded = State::at_revision(0);
-    for r in &file.records {
-        loaded.apply_record(r).expect("snapshot records apply");
-    }
-    loaded.revision = file.header.revision;
-    loaded.compact(file.header.compact_revision);
+    let (loaded, _) = crate::log::recovery::snapshot_state("snapshot.netsy", &file)
+        .expect("the snapshot loads as recovery loads it");
     assert_same(&state, &loaded, "snapshot");
 }
 

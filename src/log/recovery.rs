@@ -108,7 +108,17 @@ async fn load_snapshot(
 ) -> Result<(State, i64, u64, u64), RecoveryError> {
     let obj = store.get(key).await?;
     let file = format::decode(key, &obj.data)?;
-    let cluster_id = file.header.cluster_id;
+    let (state, revision) = snapshot_state(key, &file)?;
+    Ok((
+        state,
+        revision,
+        obj.data.len() as u64,
+        file.header.cluster_id,
+    ))
+}
+
+/// The state a decoded snapshot file holds, and the revision it covers.
+pub fn snapshot_state(key: &str, file: &format::DataFile) -> Result<(State, i64), RecoveryError> {
     if file.header.kind != FileKind::Snapshot as i32 {
         return Err(RecoveryError::Invalid {
             key: key.into(),
@@ -140,7 +150,7 @@ async fn load_snapshot(
     }
     state.revision = revision;
     state.compact(file.header.compact_revision);
-    Ok((state, revision, obj.data.len() as u64, cluster_id))
+    Ok((state, revision))
 }
 
 /// Rebuilds the state from `store`, accepting objects of any one cluster.
