@@ -83,11 +83,20 @@ impl Version {
 }
 
 /// All retained versions of one key, oldest first. Shared between states until a write to
-/// this key copies it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct History(Arc<Vec<Version>>);
+/// this key replaces it. One allocation, exactly sized: most keys hold a single version, and
+/// a write copies the history anyway because the published state still shares it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct History(Arc<[Version]>);
 
 impl History {
+    fn one(v: Version) -> Self {
+        Self(Arc::new([v]))
+    }
+
+    fn from_versions(versions: &[Version]) -> Self {
+        Self(Arc::from(versions))
+    }
+
     /// The version in effect at `rev` (the newest with `mod_revision <= rev`), tombstones
     /// included.
     pub fn at(&self, rev: i64) -> Option<&Version> {
@@ -120,7 +129,31 @@ impl History {
     }
 
     fn push(&mut self, v: Version) {
-        Arc::make_mut(&mut self.0).push(v);
+        self.0 = self.0.iter().cloned().chain(std::iter::once(v)).collect();
+    }
+}
+
+/// The keys one revision changed, in change order. Most revisions change one key, which is
+/// held inline: no allocation beyond the map's own node.
+#[derive(Debug, Clone)]
+pub enum ChangedKeys {
+    One(Bytes),
+    Many(Arc<Vec<Bytes>>),
+}
+
+impl ChangedKeys {
+    pub fn iter(&self) -> std::slice::Iter<'_, Bytes> {
+        match self {
+            Self::One(k) => std::slice::from_ref(k).iter(),
+            Self::Many(ks) => ks.iter(),
+        }
+    }
+
+    fn push(&mut self, key: Bytes) {
+        match self {
+            Self::One(first) => *self = Self::Many(Arc::new(vec![first.clone(), key])),
+            Self::Many(ks) => Arc::make_mut(ks).push(key),
+        }
     }
 }
 
@@ -140,7 +173,7 @@ pub struct State {
     pub compact_revision: i64,
     keys: OrdMap<Bytes, History>,
     /// Keys changed at each retained revision, in change order: drives watch replay.
-    changes: OrdMap<i64, Arc<Vec<Bytes>>>,
+    changes: OrdMap<i64, ChangedKeys>,
     leases: OrdMap<i64, Lease>,
     lease_keys: OrdMap<i64, OrdSet<Bytes>>,
     /// Bytes of keys and values held across all retained versions.
@@ -241,7 +274,7 @@ impl State {
     }
 
     /// Revisions with changes in `from..=to`, and the keys changed at each.
-    pub fn changes(&self, from: i64, to: i64) -> impl Iterator<Item = (i64, &Arc<Vec<Bytes>>)> {
+    pub fn changes(&self, from: i64, to: i64) -> impl Iterator<Item = (i64, &ChangedKeys)> {
         self.changes.range(from..=to).map(|(r, ks)| (*r, ks))
     }
 
@@ -282,36 +315,64 @@ impl State {
         self.lease_keys.remove(&id);
     }
 
-    /// Appends a version of `key` at `rev` (which must be the head or head + 1) with one
-    /// lookup of the key. Returns false, changing nothing, when the key already has a
-    /// version at or after `rev`. A key new to the map is stored as `key` itself when
-    /// `key_is_exact`, else as an exact copy, so that it never pins a larger buffer (a
-    /// replayed record's) for the life of the key.
-    fn push_version(&mut self, key: &Bytes, v: Version, key_is_exact: bool) -> bool {
+    /// Appends a version of `key` at `rev` (which must be the head or head + 1). Returns
+    /// false, changing nothing, when the key already has a version at or after `rev`. A key
+    /// new to the map is stored as `key` itself when `key_is_exact`, else as an exact copy,
+    /// so that it never pins a larger buffer (a replayed record's) for the life of the key.
+    /// `likely_new` picks the order of map operations (one tree walk when the guess is right;
+    /// the result is the same either way): replay takes it from the record's `created`.
+    fn push_version(
+        &mut self,
+        key: &Bytes,
+        v: Version,
+        key_is_exact: bool,
+        likely_new: bool,
+    ) -> bool {
         let rev = v.mod_revision;
         let new_lease = if v.is_tombstone() { 0 } else { v.lease };
         let added = (key.len() + v.value.len()) as i64;
-        let (stored, prev_lease) = match self.keys.get_key_value_mut(key) {
-            Some((k, h)) => {
-                let latest = h.latest();
-                if latest.is_some_and(|l| l.mod_revision >= rev) {
-                    return false;
-                }
-                let prev = latest.filter(|p| !p.is_tombstone()).map_or(0, |p| p.lease);
-                let k = k.clone();
-                h.push(v);
-                (k, prev)
+        let exact = |key: &Bytes| {
+            if key_is_exact {
+                key.clone()
+            } else {
+                Bytes::copy_from_slice(key)
             }
-            None => {
-                let k = if key_is_exact {
-                    key.clone()
-                } else {
-                    Bytes::copy_from_slice(key)
-                };
-                // Most keys hold one version: an exact-size history (a push onto an empty
-                // Vec would reserve four).
-                self.keys.insert(k.clone(), History(Arc::new(vec![v])));
-                (k, 0)
+        };
+        let (stored, prev_lease) = if likely_new {
+            let k = exact(key);
+            let one = History::one(v);
+            match self.keys.insert(k.clone(), one.clone()) {
+                None => (k, 0),
+                Some(old) => {
+                    let latest = old.latest();
+                    if latest.is_some_and(|l| l.mod_revision >= rev) {
+                        self.keys.insert(k, old);
+                        return false;
+                    }
+                    let prev = latest.filter(|p| !p.is_tombstone()).map_or(0, |p| p.lease);
+                    let mut h = old;
+                    h.push(one.versions()[0].clone());
+                    self.keys.insert(k.clone(), h);
+                    (k, prev)
+                }
+            }
+        } else {
+            match self.keys.get_key_value_mut(key) {
+                Some((k, h)) => {
+                    let latest = h.latest();
+                    if latest.is_some_and(|l| l.mod_revision >= rev) {
+                        return false;
+                    }
+                    let prev = latest.filter(|p| !p.is_tombstone()).map_or(0, |p| p.lease);
+                    let k = k.clone();
+                    h.push(v);
+                    (k, prev)
+                }
+                None => {
+                    let k = exact(key);
+                    self.keys.insert(k.clone(), History::one(v));
+                    (k, 0)
+                }
             }
         };
         if prev_lease != 0 && prev_lease != new_lease {
@@ -327,13 +388,14 @@ impl State {
         }
         self.bytes += added;
         self.versions += 1;
-        // Most revisions change one key: exact size for the first (a plain push reserves four).
-        Arc::make_mut(
-            self.changes
-                .entry(rev)
-                .or_insert_with(|| Arc::new(Vec::with_capacity(1))),
-        )
-        .push(stored);
+        // Revisions only grow: a revision's first key is an append, found without a walk.
+        if self.changes.get_max().is_some_and(|(r, _)| *r == rev) {
+            if let Some(keys) = self.changes.get_mut(&rev) {
+                keys.push(stored);
+            }
+        } else {
+            self.changes.insert(rev, ChangedKeys::One(stored));
+        }
         self.revision = self.revision.max(rev);
         true
     }
@@ -393,7 +455,7 @@ impl State {
         if !r.deleted && v.version <= 0 {
             return Err(inconsistent("live version must be positive"));
         }
-        if !self.push_version(&r.key, v, false) {
+        if !self.push_version(&r.key, v, false, r.created) {
             return Err(inconsistent("key already has a version at this revision"));
         }
         Ok(())
@@ -438,11 +500,11 @@ impl State {
                 .map(|v| (key.len() + v.value.len()) as i64)
                 .sum::<i64>();
             self.versions -= dropped.len() as i64;
-            let kept: Vec<Version> = versions[start..].to_vec();
-            if kept.is_empty() {
+            if start == versions.len() {
                 self.keys.remove(&key);
             } else {
-                self.keys.insert(key, History(Arc::new(kept)));
+                let kept = History::from_versions(&versions[start..]);
+                self.keys.insert(key, kept);
             }
         }
         let (_, at, mut above) = self.changes.split_lookup(&rev);

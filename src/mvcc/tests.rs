@@ -341,6 +341,27 @@ fn records_replay_into_the_same_state() {
     }
     assert_eq!(replayed.revision, st.revision);
     assert_eq!(replayed.keys, st.keys);
+    assert_eq!(
+        replayed.changes(0, i64::MAX).count(),
+        st.changes(0, i64::MAX).count()
+    );
+    // `created` only guides the order of map operations: wrong everywhere, same state.
+    let mut misled = State::new();
+    for r in &log {
+        let mut r = r.clone();
+        r.created = !r.created;
+        misled.apply_record(&r).unwrap();
+    }
+    assert_eq!(misled.keys, st.keys);
+    // A record for a version already held is refused whichever way it is guided, and
+    // changes nothing.
+    for created in [true, false] {
+        let mut again = log[log.len() - 1].clone();
+        again.created = created;
+        let before = misled.keys.clone();
+        assert!(misled.apply_record(&again).is_err());
+        assert_eq!(misled.keys, before);
+    }
     // The snapshot form replays to the same state too, compacted or not.
     st.compact(12);
     let mut from_snapshot = State::at_revision(1);

@@ -73,9 +73,9 @@ impl<'a> TxnEval<'a> {
             Bytes::copy_from_slice(&r.value)
         };
         // An existing key keeps sharing the bytes already held; a new one gets its own copy.
-        let key = match self.state.keys.get_key_value(&r.key) {
-            Some((k, _)) => k.clone(),
-            None => Bytes::copy_from_slice(&r.key),
+        let (key, new) = match self.state.keys.get_key_value(&r.key) {
+            Some((k, _)) => (k.clone(), false),
+            None => (Bytes::copy_from_slice(&r.key), true),
         };
         let lease = if r.ignore_lease {
             prev.as_ref().map_or(0, |p| p.lease)
@@ -104,7 +104,7 @@ impl<'a> TxnEval<'a> {
             value: v.value.clone(),
             ..Default::default()
         });
-        let pushed = self.state.push_version(&key, v, true);
+        let pushed = self.state.push_version(&key, v, true, new);
         debug_assert!(pushed, "a key is written once per revision");
         Ok(PutResponse {
             header: None,
@@ -139,6 +139,7 @@ impl<'a> TxnEval<'a> {
                     value: Bytes::new(),
                 },
                 true,
+                false,
             );
             debug_assert!(pushed, "a key is written once per revision");
             if r.prev_kv {
