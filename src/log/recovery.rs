@@ -101,6 +101,47 @@ impl ClusterCheck {
     }
 }
 
+/// Applies decoded chunks to a state on a blocking thread, in the order they are sent.
+struct Applier {
+    tx: tokio::sync::mpsc::Sender<(String, format::DataFile)>,
+    done: tokio::task::JoinHandle<Result<State, RecoveryError>>,
+}
+
+impl Applier {
+    fn start(mut state: State) -> Self {
+        let (tx, mut rx) =
+            tokio::sync::mpsc::channel::<(String, format::DataFile)>(FETCH_CONCURRENCY);
+        let done = tokio::task::spawn_blocking(move || {
+            while let Some((key, file)) = rx.blocking_recv() {
+                for r in &file.records {
+                    state
+                        .apply_record(r)
+                        .map_err(|source| RecoveryError::Inconsistent {
+                            key: key.clone(),
+                            source,
+                        })?;
+                }
+            }
+            Ok(state)
+        });
+        Self { tx, done }
+    }
+
+    /// False when the applier has stopped (on an error that [`Applier::finish`] returns).
+    async fn send(&self, key: String, file: format::DataFile) -> bool {
+        self.tx.send((key, file)).await.is_ok()
+    }
+
+    /// Waits for every chunk sent to be applied.
+    async fn finish(self) -> Result<State, RecoveryError> {
+        drop(self.tx);
+        self.done.await.map_err(|e| RecoveryError::Invalid {
+            key: "(applier task)".into(),
+            reason: e.to_string(),
+        })?
+    }
+}
+
 /// Loads the newest readable snapshot. Returns the state and the revision it covers.
 async fn load_snapshot(
     store: &dyn ObjectStore,
@@ -265,8 +306,10 @@ pub async fn recover_cluster(
         .buffered(FETCH_CONCURRENCY);
 
     let snapshot = base.as_ref().map(|(_, rev, key)| (key.clone(), *rev));
-    let mut current: Option<(State, Position)> =
-        base.map(|(state, rev, _)| (state, Position::new(rev + 1, 0)));
+    let mut next: Option<Position> = base.as_ref().map(|(_, rev, _)| Position::new(rev + 1, 0));
+    // The state is built on a thread of its own, fed in log order, so that applying one
+    // chunk (the critical path) overlaps with fetching, decoding and checking the next ones.
+    let mut applier: Option<Applier> = base.map(|(state, _, _)| Applier::start(state));
     let mut previous: Option<(Position, String)> = None;
     let mut records = 0u64;
     let mut last_progress = Instant::now();
@@ -301,11 +344,9 @@ pub async fn recover_cluster(
             }
             Position::new(file.footer.last_revision + 1, seq)
         };
-        let (state, next) = current.get_or_insert_with(|| {
-            // No snapshot: the log starts at the first chunk, which must be at revision 1
-            // (Go Netsy) or 2 (an empty Netsy starts at 1 like etcd; its first write is 2).
-            (State::at_revision(position.revision - 1), position)
-        });
+        // No snapshot: the log starts at the first chunk, which must be at revision 1 (Go
+        // Netsy) or 2 (an empty Netsy starts at 1 like etcd; its first write is 2).
+        let next = next.get_or_insert(position);
         if snapshot.is_none() && i == 0 && (position.seq != 0 || position.revision > 2) {
             return Err(RecoveryError::Gap {
                 expected: Position::new(1, 0),
@@ -329,20 +370,26 @@ pub async fn recover_cluster(
                 orphans: names[i..].to_vec(),
             });
         }
-        for r in &file.records {
-            state
-                .apply_record(r)
-                .map_err(|source| RecoveryError::Inconsistent {
-                    key: key.clone(),
-                    source,
-                })?;
-        }
         records += file.records.len() as u64;
         *next = if has_kv {
             Position::new(file.footer.last_revision + 1, 0)
         } else {
             Position::new(next.revision, next.seq + 1)
         };
+        let sent = applier
+            .get_or_insert_with(|| Applier::start(State::at_revision(position.revision - 1)))
+            .send(key.clone(), file)
+            .await;
+        if !sent {
+            // The applier stopped at an inconsistent record: its error is the outcome.
+            if let Some(stopped) = applier.take() {
+                stopped.finish().await?;
+            }
+            return Err(RecoveryError::Invalid {
+                key,
+                reason: "the applier stopped without an error".into(),
+            });
+        }
         previous = Some((position, key));
         i += 1;
         if last_progress.elapsed() > Duration::from_secs(2) {
@@ -357,7 +404,10 @@ pub async fn recover_cluster(
             );
         }
     }
-    let (state, next) = current.unwrap_or_else(|| (State::at_revision(1), Position::new(2, 0)));
+    let (state, next) = match (applier, next) {
+        (Some(applier), Some(next)) => (applier.finish().await?, next),
+        _ => (State::at_revision(1), Position::new(2, 0)),
+    };
     tracing::info!(
         chunks = total,
         records,
