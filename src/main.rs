@@ -12,6 +12,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// jemalloc rather than glibc's malloc: no per-allocation header (a key's versions, history
+/// and change-log entries are small allocations, and its value is exactly one size class),
+/// and thread caches without glibc's per-thread arenas holding freed memory.
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "netsy",
