@@ -2,7 +2,9 @@
 //!
 //! Every retained revision is in memory, so a watcher is just a key range and the next
 //! revision it has to see. After each commit, a watch stream walks the changes between its
-//! watchers' positions and the head once and hands each watcher its events. Writers never
+//! watchers' positions and the head once and hands each watcher its events. The events of
+//! the commit just published are built once, on first use, and shared by every stream
+//! (see `mvcc::Tail`); only a watcher that is catching up looks older ones up. Writers never
 //! wait for watchers and no event is copied into a queue per watcher; a slow client only
 //! delays its own stream. A watcher that falls behind the compacted revision cannot be
 //! served and is canceled with `compact_revision` set, exactly like etcd, so the client
@@ -60,31 +62,67 @@ impl Watcher {
         let mut events = Vec::new();
         let mut bytes = 0usize;
         let mut last = to;
-        for (rev, keys) in state.changes(self.next, to) {
+        // Revisions from the state's tail are shared by every stream; older ones (a watcher
+        // catching up) are looked up one by one.
+        let tail = state.tail().filter(|(from, _)| *from <= to);
+        let lookup_to = tail.map_or(to, |(from, _)| from - 1);
+        let mut full = false;
+        let looked_up = (self.next <= lookup_to).then(|| state.changes(self.next, lookup_to));
+        for (rev, keys) in looked_up.into_iter().flatten() {
             if bytes >= BATCH_BYTES {
                 last = rev - 1;
+                full = true;
                 break;
             }
             for key in keys.iter() {
                 if !self.range.contains(key) {
                     continue;
                 }
-                let Some((mut event, prev)) = state.event(key, rev) else {
-                    continue;
-                };
-                let is_put = event.r#type == EventType::Put as i32;
-                if (is_put && self.no_put) || (!is_put && self.no_delete) {
-                    continue;
+                if let Some((event, prev)) = state.event(key, rev) {
+                    self.push(&mut events, &mut bytes, &event, || prev);
                 }
-                if self.prev_kv {
-                    event.prev_kv = prev;
+            }
+        }
+        if let (false, Some((_, tail))) = (full, tail) {
+            let mut current = 0;
+            for t in tail.iter().skip_while(|t| t.revision < self.next) {
+                if t.revision > to {
+                    break;
                 }
-                bytes += event_bytes(&event);
-                events.push(event);
+                if t.revision != current {
+                    if bytes >= BATCH_BYTES {
+                        last = t.revision - 1;
+                        break;
+                    }
+                    current = t.revision;
+                }
+                if self.range.contains(&t.key) {
+                    self.push(&mut events, &mut bytes, &t.event, || t.prev.clone());
+                }
             }
         }
         self.next = last + 1;
         Sync::Events(events)
+    }
+
+    /// Adds `event` unless a filter drops it, with `prev` when asked for.
+    fn push(
+        &self,
+        events: &mut Vec<mvccpb::Event>,
+        bytes: &mut usize,
+        event: &mvccpb::Event,
+        prev: impl FnOnce() -> Option<mvccpb::KeyValue>,
+    ) {
+        let is_put = event.r#type == EventType::Put as i32;
+        if (is_put && self.no_put) || (!is_put && self.no_delete) {
+            return;
+        }
+        let mut event = event.clone();
+        if self.prev_kv {
+            event.prev_kv = prev();
+        }
+        *bytes += event_bytes(&event);
+        events.push(event);
     }
 }
 
@@ -174,6 +212,70 @@ mod tests {
         assert_eq!(sizes.iter().sum::<usize>(), 30);
         assert!(sizes.len() >= 3, "{sizes:?}");
         assert!(sizes.iter().all(|n| *n <= 11), "{sizes:?}");
+    }
+
+    /// Events served from a published state's shared tail are exactly those looked up one
+    /// by one, for every start, filter and range, including batches cut by size.
+    #[test]
+    fn tail_events_equal_looked_up_events() {
+        let mut st = State::new();
+        let big = "x".repeat(300 * 1024);
+        for i in 0..12 {
+            put(&mut st, &format!("a/{}", i % 3), &i.to_string());
+        }
+        st.delete_range(&DeleteRangeRequest {
+            key: Bytes::from_static(b"a/1"),
+            ..Default::default()
+        })
+        .unwrap();
+        let published = st.revision;
+        for i in 0..6 {
+            put(
+                &mut st,
+                &format!("a/{}", i % 4),
+                if i == 2 { &big } else { "y" },
+            );
+            put(&mut st, "b", &i.to_string());
+        }
+        st.delete_range(&DeleteRangeRequest {
+            key: Bytes::from_static(b"a/"),
+            range_end: Bytes::from_static(b"a0"),
+            ..Default::default()
+        })
+        .unwrap();
+        let mut with_tail = st.clone();
+        with_tail.set_published_after(published);
+        assert!(with_tail.tail().is_some());
+        assert!(st.tail().is_none());
+        let drain = |mut w: Watcher, state: &State| {
+            let mut batches = Vec::new();
+            loop {
+                match w.sync(state) {
+                    Sync::Events(ev) => batches.push(ev),
+                    Sync::Idle => return batches,
+                    other => panic!("{other:?}"),
+                }
+            }
+        };
+        for next in [2, published - 2, published, published + 1, published + 3] {
+            for (start, end) in [("a/", "a0"), ("b", ""), ("\0", "\u{7f}")] {
+                for (prev_kv, no_put, no_delete) in [
+                    (true, false, false),
+                    (false, true, false),
+                    (false, false, true),
+                ] {
+                    let w = Watcher {
+                        prev_kv,
+                        no_put,
+                        no_delete,
+                        ..watcher(start, end, next)
+                    };
+                    let expected = drain(w.clone(), &st);
+                    assert!(!expected.is_empty());
+                    assert_eq!(drain(w, &with_tail), expected, "from {next} {start}..{end}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -274,7 +274,8 @@ impl Log {
     }
 
     /// Publishes a state (after its chunk is durable, or after recovery).
-    pub(crate) fn publish(&self, state: State) {
+    pub(crate) fn publish(&self, mut state: State) {
+        state.set_published_after(self.state.load().revision);
         let rev = state.revision;
         self.state.store(Arc::new(state));
         self.head.send_replace(rev);

@@ -180,6 +180,28 @@ pub struct State {
     bytes: i64,
     /// Number of retained versions (tombstones included).
     versions: i64,
+    /// The events of the revisions this state's publication added, built once for all
+    /// watch streams.
+    tail: Arc<Tail>,
+}
+
+/// The revisions one publication added (`from..=` the state's head) and their watch events,
+/// built on first use: every watch stream that is caught up needs exactly these, and
+/// looking each one up per stream (a map walk, key and value clones) was most of a
+/// fan-out's cost.
+#[derive(Debug, Default)]
+pub struct Tail {
+    from: i64,
+    events: std::sync::OnceLock<Vec<TailEvent>>,
+}
+
+/// One change of a [`Tail`]: the event (without `prev_kv`) and the previous live version.
+#[derive(Debug)]
+pub struct TailEvent {
+    pub revision: i64,
+    pub key: Bytes,
+    pub event: mvccpb::Event,
+    pub prev: Option<mvccpb::KeyValue>,
 }
 
 impl Default for State {
@@ -206,7 +228,41 @@ impl State {
             lease_keys: OrdMap::new(),
             bytes: 0,
             versions: 0,
+            tail: Arc::default(),
         }
+    }
+
+    /// Marks the revisions after `previous` as this state's publication (see [`Tail`]).
+    pub fn set_published_after(&mut self, previous: i64) {
+        self.tail = Arc::new(Tail {
+            from: previous + 1,
+            events: Default::default(),
+        });
+    }
+
+    /// The first revision this state's publication added and the events of it and every
+    /// later revision; None when it added none.
+    pub fn tail(&self) -> Option<(i64, &[TailEvent])> {
+        if self.tail.from == 0 || self.tail.from > self.revision {
+            return None;
+        }
+        let events = self.tail.events.get_or_init(|| {
+            let mut out = Vec::new();
+            for (rev, keys) in self.changes(self.tail.from, self.revision) {
+                for key in keys.iter() {
+                    if let Some((event, prev)) = self.event(key, rev) {
+                        out.push(TailEvent {
+                            revision: rev,
+                            key: key.clone(),
+                            event,
+                            prev,
+                        });
+                    }
+                }
+            }
+            out
+        });
+        Some((self.tail.from, events))
     }
 
     pub fn history(&self, key: &[u8]) -> Option<&History> {
