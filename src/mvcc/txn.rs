@@ -57,11 +57,15 @@ impl<'a> TxnEval<'a> {
     }
 
     fn put(&mut self, r: &PutRequest) -> Result<PutResponse, Error> {
-        let prev = self
-            .state
-            .history(&r.key)
-            .and_then(|h| h.live_at(self.read_rev()))
+        let existing = self.state.keys.get_key_value(&r.key);
+        let prev = existing
+            .and_then(|(_, h)| h.live_at(self.read_rev()))
             .cloned();
+        // An existing key keeps sharing the bytes already held; a new one gets its own copy.
+        let (key, new) = match existing {
+            Some((k, _)) => (k.clone(), false),
+            None => (Bytes::copy_from_slice(&r.key), true),
+        };
         if (r.ignore_value || r.ignore_lease) && prev.is_none() {
             return Err(Error::KeyNotFound);
         }
@@ -71,11 +75,6 @@ impl<'a> TxnEval<'a> {
             // A request's bytes are a slice of the gRPC receive buffer; keeping that slice
             // would pin the whole buffer for as long as this version lives. One exact copy.
             Bytes::copy_from_slice(&r.value)
-        };
-        // An existing key keeps sharing the bytes already held; a new one gets its own copy.
-        let (key, new) = match self.state.keys.get_key_value(&r.key) {
-            Some((k, _)) => (k.clone(), false),
-            None => (Bytes::copy_from_slice(&r.key), true),
         };
         let lease = if r.ignore_lease {
             prev.as_ref().map_or(0, |p| p.lease)
