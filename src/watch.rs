@@ -62,10 +62,10 @@ impl Watcher {
         let mut events = Vec::new();
         let mut bytes = 0usize;
         let mut last = to;
-        // Revisions from the state's tail are shared by every stream; older ones (a watcher
+        // Revisions of recent publications have shared events; older ones (a watcher
         // catching up) are looked up one by one.
-        let tail = state.tail().filter(|(from, _)| *from <= to);
-        let lookup_to = tail.map_or(to, |(from, _)| from - 1);
+        let shared_from = state.shared_from().filter(|from| *from <= to);
+        let lookup_to = shared_from.map_or(to, |from| from - 1);
         let mut full = false;
         let looked_up = (self.next <= lookup_to).then(|| state.changes(self.next, lookup_to));
         for (rev, keys) in looked_up.into_iter().flatten() {
@@ -83,21 +83,28 @@ impl Watcher {
                 }
             }
         }
-        if let (false, Some((_, tail))) = (full, tail) {
+        if !full && shared_from.is_some() {
             let mut current = 0;
-            for t in tail.iter().skip_while(|t| t.revision < self.next) {
-                if t.revision > to {
-                    break;
-                }
-                if t.revision != current {
-                    if bytes >= BATCH_BYTES {
-                        last = t.revision - 1;
-                        break;
+            let shared = state.shared().filter(|t| t.to() >= self.next);
+            'shared: for tail in shared {
+                for t in tail
+                    .events(state)
+                    .iter()
+                    .skip_while(|t| t.revision < self.next)
+                {
+                    if t.revision > to {
+                        break 'shared;
                     }
-                    current = t.revision;
-                }
-                if self.range.contains(&t.key) {
-                    self.push(&mut events, &mut bytes, &t.event, || t.prev.clone());
+                    if t.revision != current {
+                        if bytes >= BATCH_BYTES {
+                            last = t.revision - 1;
+                            break 'shared;
+                        }
+                        current = t.revision;
+                    }
+                    if self.range.contains(&t.key) {
+                        self.push(&mut events, &mut bytes, &t.event, || t.prev.clone());
+                    }
                 }
             }
         }
@@ -243,10 +250,20 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
+        // Published in three commits: the watchers below read across all of them.
         let mut with_tail = st.clone();
         with_tail.set_published_after(published);
-        assert!(with_tail.tail().is_some());
-        assert!(st.tail().is_none());
+        assert_eq!(with_tail.shared_from(), Some(published + 1));
+        let mut split = st.clone();
+        for (previous, head) in [(published, published + 4), (published + 4, published + 7)] {
+            split.revision = head;
+            split.set_published_after(previous);
+        }
+        split.revision = st.revision;
+        split.set_published_after(published + 7);
+        assert_eq!(split.shared().count(), 3);
+        assert_eq!(split.shared_from(), Some(published + 1));
+        assert!(st.shared_from().is_none());
         let drain = |mut w: Watcher, state: &State| {
             let mut batches = Vec::new();
             loop {
@@ -272,7 +289,16 @@ mod tests {
                     };
                     let expected = drain(w.clone(), &st);
                     assert!(!expected.is_empty());
-                    assert_eq!(drain(w, &with_tail), expected, "from {next} {start}..{end}");
+                    assert_eq!(
+                        drain(w.clone(), &with_tail),
+                        expected,
+                        "from {next} {start}..{end}"
+                    );
+                    assert_eq!(
+                        drain(w, &split),
+                        expected,
+                        "split, from {next} {start}..{end}"
+                    );
                 }
             }
         }

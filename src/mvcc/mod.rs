@@ -180,19 +180,54 @@ pub struct State {
     bytes: i64,
     /// Number of retained versions (tombstones included).
     versions: i64,
-    /// The events of the revisions this state's publication added, built once for all
-    /// watch streams.
-    tail: Arc<Tail>,
+    /// The revisions the last few publications added, with their watch events built once
+    /// for all watch streams: oldest first, contiguous, ending at the head.
+    tails: Arc<Vec<Arc<Tail>>>,
 }
 
-/// The revisions one publication added (`from..=` the state's head) and their watch events,
-/// built on first use: every watch stream that is caught up needs exactly these, and
-/// looking each one up per stream (a map walk, key and value clones) was most of a
-/// fan-out's cost.
-#[derive(Debug, Default)]
+/// Publications whose events stay shared: a stream that is a few commits behind (busy
+/// sending while the writer committed again) still reads shared events.
+const SHARED_PUBLICATIONS: usize = 16;
+/// A publication adding more revisions than this (a reload after another node wrote) gets
+/// no shared events: watchers catch up through bounded batches of lookups instead.
+const MAX_SHARED_REVISIONS: i64 = 4096;
+
+/// The revisions one publication added (`from..=to`) and their watch events, built on
+/// first use: every watch stream that is caught up needs exactly these, and looking each
+/// one up per stream (a map walk, key and value clones) was most of a fan-out's cost.
+#[derive(Debug)]
 pub struct Tail {
     from: i64,
+    to: i64,
     events: std::sync::OnceLock<Vec<TailEvent>>,
+}
+
+impl Tail {
+    /// The last revision this publication added.
+    pub fn to(&self) -> i64 {
+        self.to
+    }
+
+    /// The events of this publication's revisions, in revision and change order. `state`
+    /// is any state that retains them (they never change once written).
+    pub fn events(&self, state: &State) -> &[TailEvent] {
+        self.events.get_or_init(|| {
+            let mut out = Vec::new();
+            for (rev, keys) in state.changes(self.from, self.to) {
+                for key in keys.iter() {
+                    if let Some((event, prev)) = state.event(key, rev) {
+                        out.push(TailEvent {
+                            revision: rev,
+                            key: key.clone(),
+                            event,
+                            prev,
+                        });
+                    }
+                }
+            }
+            out
+        })
+    }
 }
 
 /// One change of a [`Tail`]: the event (without `prev_kv`) and the previous live version.
@@ -228,41 +263,49 @@ impl State {
             lease_keys: OrdMap::new(),
             bytes: 0,
             versions: 0,
-            tail: Arc::default(),
+            tails: Arc::default(),
         }
     }
 
-    /// Marks the revisions after `previous` as this state's publication (see [`Tail`]).
+    /// Records that this state is published after one whose head was `previous`: the
+    /// revisions it adds get shared events (see [`Tail`]), next to those of the last few
+    /// publications when they lead up to `previous`.
     pub fn set_published_after(&mut self, previous: i64) {
-        self.tail = Arc::new(Tail {
-            from: previous + 1,
-            events: Default::default(),
-        });
+        let added = self.revision - previous;
+        if added <= 0 {
+            return;
+        }
+        let mut tails: Vec<Arc<Tail>> = Vec::with_capacity(SHARED_PUBLICATIONS);
+        if self.tails.last().is_some_and(|t| t.to == previous) {
+            let keep = self.tails.len().min(SHARED_PUBLICATIONS - 1);
+            tails.extend(
+                self.tails[self.tails.len() - keep..]
+                    .iter()
+                    .filter(|t| t.from >= self.compact_revision)
+                    .cloned(),
+            );
+        }
+        if added <= MAX_SHARED_REVISIONS {
+            tails.push(Arc::new(Tail {
+                from: previous + 1,
+                to: self.revision,
+                events: Default::default(),
+            }));
+        } else {
+            tails.clear();
+        }
+        self.tails = Arc::new(tails);
     }
 
-    /// The first revision this state's publication added and the events of it and every
-    /// later revision; None when it added none.
-    pub fn tail(&self) -> Option<(i64, &[TailEvent])> {
-        if self.tail.from == 0 || self.tail.from > self.revision {
-            return None;
-        }
-        let events = self.tail.events.get_or_init(|| {
-            let mut out = Vec::new();
-            for (rev, keys) in self.changes(self.tail.from, self.revision) {
-                for key in keys.iter() {
-                    if let Some((event, prev)) = self.event(key, rev) {
-                        out.push(TailEvent {
-                            revision: rev,
-                            key: key.clone(),
-                            event,
-                            prev,
-                        });
-                    }
-                }
-            }
-            out
-        });
-        Some((self.tail.from, events))
+    /// The first revision whose events are shared, if any; every later one up to the head
+    /// is shared too, in [`State::shared`].
+    pub fn shared_from(&self) -> Option<i64> {
+        self.tails.first().map(|t| t.from)
+    }
+
+    /// The publications whose events are shared, oldest first.
+    pub fn shared(&self) -> impl Iterator<Item = &Tail> {
+        self.tails.iter().map(|t| t.as_ref())
     }
 
     pub fn history(&self, key: &[u8]) -> Option<&History> {
