@@ -3,7 +3,7 @@
 //! Every retained revision is in memory, so a watcher is just a key range and the next
 //! revision it has to see. After each commit, a watch stream walks the changes between its
 //! watchers' positions and the head once and hands each watcher its events. The events of
-//! the commit just published are built once, on first use, and shared by every stream
+//! the last few publications are built once, on first use, and shared by every stream
 //! (see `mvcc::Tail`); only a watcher that is catching up looks older ones up. Writers never
 //! wait for watchers and no event is copied into a queue per watcher; a slow client only
 //! delays its own stream. A watcher that falls behind the compacted revision cannot be
@@ -221,7 +221,7 @@ mod tests {
         assert!(sizes.iter().all(|n| *n <= 11), "{sizes:?}");
     }
 
-    /// Events served from a published state's shared tail are exactly those looked up one
+    /// Events served from published states' shared tails are exactly those looked up one
     /// by one, for every start, filter and range, including batches cut by size.
     #[test]
     fn tail_events_equal_looked_up_events() {
