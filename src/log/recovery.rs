@@ -11,7 +11,7 @@
 use super::layout::{self, Position};
 use crate::format::{self, FormatError};
 use crate::mvcc::{self, State};
-use crate::proto::netsy::FileKind;
+use crate::proto::netsy::{FileFooter, FileHeader, FileKind, Record};
 use crate::store::{ObjectStore, StoreError};
 use futures::StreamExt;
 use std::time::{Duration, Instant};
@@ -101,19 +101,19 @@ impl ClusterCheck {
     }
 }
 
-/// Applies decoded chunks to a state on a blocking thread, in the order they are sent.
+/// Applies decoded records (each batch named by its object) to a state on a blocking
+/// thread, in the order they are sent.
 struct Applier {
-    tx: tokio::sync::mpsc::Sender<(String, format::DataFile)>,
+    tx: tokio::sync::mpsc::Sender<(String, Vec<Record>)>,
     done: tokio::task::JoinHandle<Result<State, RecoveryError>>,
 }
 
 impl Applier {
     fn start(mut state: State) -> Self {
-        let (tx, mut rx) =
-            tokio::sync::mpsc::channel::<(String, format::DataFile)>(FETCH_CONCURRENCY);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, Vec<Record>)>(FETCH_CONCURRENCY);
         let done = tokio::task::spawn_blocking(move || {
-            while let Some((key, file)) = rx.blocking_recv() {
-                for r in &file.records {
+            while let Some((key, records)) = rx.blocking_recv() {
+                for r in &records {
                     state
                         .apply_record(r)
                         .map_err(|source| RecoveryError::Inconsistent {
@@ -128,8 +128,8 @@ impl Applier {
     }
 
     /// False when the applier has stopped (on an error that [`Applier::finish`] returns).
-    async fn send(&self, key: String, file: format::DataFile) -> bool {
-        self.tx.send((key, file)).await.is_ok()
+    async fn send(&self, key: String, records: Vec<Record>) -> bool {
+        self.tx.send((key, records)).await.is_ok()
     }
 
     /// Waits for every chunk sent to be applied.
@@ -142,30 +142,53 @@ impl Applier {
     }
 }
 
+/// Records handed from a snapshot's decoder to its applier at a time.
+const SNAPSHOT_BATCH: usize = 4096;
+
 /// Loads the newest readable snapshot. Returns the state and the revision it covers.
 async fn load_snapshot(
     store: &dyn ObjectStore,
     key: &str,
 ) -> Result<(State, i64, u64, u64), RecoveryError> {
     let obj = store.get(key).await?;
-    let file = format::decode(key, &obj.data)?;
-    let (state, revision) = snapshot_state(key, &file)?;
-    Ok((
-        state,
-        revision,
-        obj.data.len() as u64,
-        file.header.cluster_id,
-    ))
+    let size = obj.data.len() as u64;
+    // Decoding (CRCs, zstd, protobuf) and applying each take about half of a large
+    // snapshot's load: they run on two threads, records handed over in batches.
+    let applier = Applier::start(State::at_revision(0));
+    let sender = applier.tx.clone();
+    let name = key.to_string();
+    let decoded = tokio::task::spawn_blocking(move || {
+        let mut batch = Vec::with_capacity(SNAPSHOT_BATCH);
+        // A send fails only once the applier has stopped on an error, which `finish`
+        // reports; the decoder still runs to the end so corruption is reported first.
+        let result = format::decode_with(&name, &obj.data, |r| {
+            batch.push(r);
+            if batch.len() == SNAPSHOT_BATCH {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(SNAPSHOT_BATCH));
+                let _ = sender.blocking_send((name.clone(), full));
+            }
+            Ok(())
+        });
+        if !batch.is_empty() {
+            let _ = sender.blocking_send((name.clone(), batch));
+        }
+        result
+    })
+    .await
+    .map_err(|e| RecoveryError::Invalid {
+        key: "(snapshot decoder task)".into(),
+        reason: e.to_string(),
+    })?;
+    let (header, footer) = decoded?;
+    check_snapshot_kind(key, &header)?;
+    let state = applier.finish().await?;
+    let (state, revision) = finish_snapshot(key, state, &header, &footer)?;
+    Ok((state, revision, size, header.cluster_id))
 }
 
 /// The state a decoded snapshot file holds, and the revision it covers.
 pub fn snapshot_state(key: &str, file: &format::DataFile) -> Result<(State, i64), RecoveryError> {
-    if file.header.kind != FileKind::Snapshot as i32 {
-        return Err(RecoveryError::Invalid {
-            key: key.into(),
-            reason: "not a snapshot file".into(),
-        });
-    }
+    check_snapshot_kind(key, &file.header)?;
     let mut state = State::at_revision(0);
     for r in &file.records {
         state
@@ -175,10 +198,31 @@ pub fn snapshot_state(key: &str, file: &format::DataFile) -> Result<(State, i64)
                 source,
             })?;
     }
-    let revision = if file.header.revision > 0 {
-        file.header.revision
+    finish_snapshot(key, state, &file.header, &file.footer)
+}
+
+fn check_snapshot_kind(key: &str, header: &FileHeader) -> Result<(), RecoveryError> {
+    if header.kind != FileKind::Snapshot as i32 {
+        return Err(RecoveryError::Invalid {
+            key: key.into(),
+            reason: "not a snapshot file".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Sets the revision a snapshot's records were applied to from its header and applies the
+/// compaction it records.
+fn finish_snapshot(
+    key: &str,
+    mut state: State,
+    header: &FileHeader,
+    footer: &FileFooter,
+) -> Result<(State, i64), RecoveryError> {
+    let revision = if header.revision > 0 {
+        header.revision
     } else {
-        file.footer.last_revision
+        footer.last_revision
     };
     if revision < state.revision {
         return Err(RecoveryError::Invalid {
@@ -190,7 +234,7 @@ pub fn snapshot_state(key: &str, file: &format::DataFile) -> Result<(State, i64)
         });
     }
     state.revision = revision;
-    state.compact(file.header.compact_revision);
+    state.compact(header.compact_revision);
     Ok((state, revision))
 }
 
@@ -378,7 +422,7 @@ pub async fn recover_cluster(
         };
         let sent = applier
             .get_or_insert_with(|| Applier::start(State::at_revision(position.revision - 1)))
-            .send(key.clone(), file)
+            .send(key.clone(), file.records)
             .await;
         if !sent {
             // The applier stopped at an inconsistent record: its error is the outcome.
