@@ -132,7 +132,7 @@ impl Applier {
         self.tx.send((key, records)).await.is_ok()
     }
 
-    /// Waits for every chunk sent to be applied.
+    /// Waits until every batch sent has been applied; returns the state.
     async fn finish(self) -> Result<State, RecoveryError> {
         drop(self.tx);
         self.done.await.map_err(|e| RecoveryError::Invalid {
