@@ -102,7 +102,11 @@ impl Watcher {
                         }
                         current = t.revision;
                     }
-                    if self.range.contains(&t.key) {
+                    if t.event
+                        .kv
+                        .as_ref()
+                        .is_some_and(|kv| self.range.contains(&kv.key))
+                    {
                         self.push(&mut events, &mut bytes, &t.event, || t.prev.clone());
                     }
                 }

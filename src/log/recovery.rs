@@ -113,14 +113,7 @@ impl Applier {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, Vec<Record>)>(FETCH_CONCURRENCY);
         let done = tokio::task::spawn_blocking(move || {
             while let Some((key, records)) = rx.blocking_recv() {
-                for r in &records {
-                    state
-                        .apply_record(r)
-                        .map_err(|source| RecoveryError::Inconsistent {
-                            key: key.clone(),
-                            source,
-                        })?;
-                }
+                apply_records(&mut state, &key, &records)?;
             }
             Ok(state)
         });
@@ -190,7 +183,13 @@ async fn load_snapshot(
 pub fn snapshot_state(key: &str, file: &format::DataFile) -> Result<(State, i64), RecoveryError> {
     check_snapshot_kind(key, &file.header)?;
     let mut state = State::at_revision(0);
-    for r in &file.records {
+    apply_records(&mut state, key, &file.records)?;
+    finish_snapshot(key, state, &file.header, &file.footer)
+}
+
+/// Applies the records of object `key` in order; the first inconsistent one is the error.
+fn apply_records(state: &mut State, key: &str, records: &[Record]) -> Result<(), RecoveryError> {
+    for r in records {
         state
             .apply_record(r)
             .map_err(|source| RecoveryError::Inconsistent {
@@ -198,7 +197,7 @@ pub fn snapshot_state(key: &str, file: &format::DataFile) -> Result<(State, i64)
                 source,
             })?;
     }
-    finish_snapshot(key, state, &file.header, &file.footer)
+    Ok(())
 }
 
 fn check_snapshot_kind(key: &str, header: &FileHeader) -> Result<(), RecoveryError> {

@@ -218,7 +218,6 @@ impl Tail {
                     if let Some((event, prev)) = state.event(key, rev) {
                         out.push(TailEvent {
                             revision: rev,
-                            key: key.clone(),
                             event,
                             prev,
                         });
@@ -234,7 +233,6 @@ impl Tail {
 #[derive(Debug)]
 pub struct TailEvent {
     pub revision: i64,
-    pub key: Bytes,
     pub event: mvccpb::Event,
     pub prev: Option<mvccpb::KeyValue>,
 }
