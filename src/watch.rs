@@ -78,8 +78,11 @@ impl Watcher {
                 if !self.range.contains(key) {
                     continue;
                 }
-                if let Some((event, prev)) = state.event(key, rev) {
-                    self.push(&mut events, &mut bytes, &event, || prev);
+                match state.event(key, rev) {
+                    Some((event, prev)) if self.wants(&event) => {
+                        self.push(&mut events, &mut bytes, event, prev);
+                    }
+                    _ => {}
                 }
             }
         }
@@ -102,12 +105,14 @@ impl Watcher {
                         }
                         current = t.revision;
                     }
-                    if t.event
+                    let in_range = t
+                        .event
                         .kv
                         .as_ref()
-                        .is_some_and(|kv| self.range.contains(&kv.key))
-                    {
-                        self.push(&mut events, &mut bytes, &t.event, || t.prev.clone());
+                        .is_some_and(|kv| self.range.contains(&kv.key));
+                    if in_range && self.wants(&t.event) {
+                        let prev = if self.prev_kv { t.prev.clone() } else { None };
+                        self.push(&mut events, &mut bytes, t.event.clone(), prev);
                     }
                 }
             }
@@ -116,21 +121,22 @@ impl Watcher {
         Sync::Events(events)
     }
 
-    /// Adds `event` unless a filter drops it, with `prev` when asked for.
+    /// Whether this watcher's filters let `event` through.
+    fn wants(&self, event: &mvccpb::Event) -> bool {
+        let is_put = event.r#type == EventType::Put as i32;
+        !((is_put && self.no_put) || (!is_put && self.no_delete))
+    }
+
+    /// Adds `event`, with `prev` when this watcher asked for it.
     fn push(
         &self,
         events: &mut Vec<mvccpb::Event>,
         bytes: &mut usize,
-        event: &mvccpb::Event,
-        prev: impl FnOnce() -> Option<mvccpb::KeyValue>,
+        mut event: mvccpb::Event,
+        prev: Option<mvccpb::KeyValue>,
     ) {
-        let is_put = event.r#type == EventType::Put as i32;
-        if (is_put && self.no_put) || (!is_put && self.no_delete) {
-            return;
-        }
-        let mut event = event.clone();
         if self.prev_kv {
-            event.prev_kv = prev();
+            event.prev_kv = prev;
         }
         *bytes += event_bytes(&event);
         events.push(event);

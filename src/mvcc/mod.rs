@@ -128,8 +128,16 @@ impl History {
         &self.0
     }
 
-    fn push(&mut self, v: Version) {
-        self.0 = self.0.iter().cloned().chain(std::iter::once(v)).collect();
+    /// This history with `v` appended, and the lease of the live version `v` follows (0
+    /// if none); None when a version at or after `v`'s revision is already held.
+    fn appended(&self, v: Version) -> Option<(History, i64)> {
+        let latest = self.latest();
+        if latest.is_some_and(|l| l.mod_revision >= v.mod_revision) {
+            return None;
+        }
+        let prev_lease = latest.filter(|p| !p.is_tombstone()).map_or(0, |p| p.lease);
+        let versions = self.0.iter().cloned().chain(std::iter::once(v)).collect();
+        Some((History(versions), prev_lease))
     }
 }
 
@@ -440,30 +448,25 @@ impl State {
             let one = History::one(v);
             match self.keys.insert(k.clone(), one.clone()) {
                 None => (k, 0),
-                Some(old) => {
-                    let latest = old.latest();
-                    if latest.is_some_and(|l| l.mod_revision >= rev) {
+                Some(old) => match old.appended(one.versions()[0].clone()) {
+                    Some((h, prev_lease)) => {
+                        self.keys.insert(k.clone(), h);
+                        (k, prev_lease)
+                    }
+                    None => {
                         self.keys.insert(k, old);
                         return false;
                     }
-                    let prev = latest.filter(|p| !p.is_tombstone()).map_or(0, |p| p.lease);
-                    let mut h = old;
-                    h.push(one.versions()[0].clone());
-                    self.keys.insert(k.clone(), h);
-                    (k, prev)
-                }
+                },
             }
         } else {
             match self.keys.get_key_value_mut(key) {
                 Some((k, h)) => {
-                    let latest = h.latest();
-                    if latest.is_some_and(|l| l.mod_revision >= rev) {
+                    let Some((appended, prev_lease)) = h.appended(v) else {
                         return false;
-                    }
-                    let prev = latest.filter(|p| !p.is_tombstone()).map_or(0, |p| p.lease);
-                    let k = k.clone();
-                    h.push(v);
-                    (k, prev)
+                    };
+                    *h = appended;
+                    (k.clone(), prev_lease)
                 }
                 None => {
                     let k = exact(key);
