@@ -255,11 +255,11 @@ pub fn decode_with(
     mut visit: impl FnMut(Record) -> Result<(), Check>,
 ) -> Result<(FileHeader, FileFooter), FormatError> {
     let fail = |check| FormatError::new(file, check);
-    let mut input = data;
-    let header_bytes = read_message(&mut input, "header").map_err(fail)?;
-    let mut header = FileHeader::decode(header_bytes.clone()).map_err(|source| {
+    let mut input = SliceMessages(data);
+    let header_bytes = input.next(Part::Header).map_err(fail)?;
+    let mut header = FileHeader::decode(header_bytes).map_err(|source| {
         fail(Check::Decode {
-            what: "header".into(),
+            what: Part::Header.to_string(),
             source,
         })
     })?;
@@ -279,58 +279,235 @@ pub fn decode_with(
     if header.records_count < 0 {
         return Err(fail(Check::NegativeCount(header.records_count)));
     }
+    let body = input.0;
     match FileCompression::try_from(header.compression) {
         Ok(FileCompression::None) => {
+            let mut input = SliceMessages(body);
             let footer = read_body(&header, &mut input, &mut visit).map_err(fail)?;
-            if !input.is_empty() {
-                return Err(fail(Check::TrailingData(input.len() as u64)));
+            if !input.0.is_empty() {
+                return Err(fail(Check::TrailingData(input.0.len() as u64)));
             }
             Ok((header, footer))
         }
         Ok(FileCompression::Zstd) => {
-            let mut decoder = zstd::stream::read::Decoder::with_buffer(input)
-                .map_err(|e| fail(Check::Zstd(e)))?
-                .single_frame();
-            // Buffered: length prefixes are read a byte at a time.
-            let mut buffered = std::io::BufReader::with_capacity(128 * 1024, &mut decoder);
-            let footer = read_body(&header, &mut buffered, &mut visit).map_err(fail)?;
-            // What the buffer read ahead must be nothing but the end of the frame.
-            let ahead = buffered.buffer().len();
-            if ahead > 0 {
-                return Err(fail(Check::TrailingData(ahead as u64)));
-            }
-            drop(buffered);
-            // Anything left in the frame, or after it, is corruption.
-            let mut rest = Vec::new();
-            let trailing = decoder
-                .read_to_end(&mut rest)
-                .map_err(|e| fail(Check::Zstd(e)))?;
-            if trailing > 0 {
-                return Err(fail(Check::TrailingData(trailing as u64)));
-            }
-            let after = decoder.finish();
-            if !after.is_empty() {
-                return Err(fail(Check::TrailingData(after.len() as u64)));
-            }
+            let frame = zstd_frame(body).map_err(fail)?;
+            let footer = match inflate_whole(frame, &header).map_err(fail)? {
+                Some(inflated) => {
+                    let mut input = SliceMessages(&inflated);
+                    let footer = read_body(&header, &mut input, &mut visit).map_err(fail)?;
+                    if !input.0.is_empty() {
+                        return Err(fail(Check::TrailingData(input.0.len() as u64)));
+                    }
+                    footer
+                }
+                None => inflate_streaming(frame, &header, &mut visit).map_err(fail)?,
+            };
             Ok((header, footer))
         }
         _ => Err(fail(Check::Compression(header.compression))),
     }
 }
 
+/// A body inflated in one piece when its frame states a size up to this: a chunk is small,
+/// and one call with no intermediate buffer is the fastest way through it. A larger body (a
+/// snapshot) is streamed, so that loading it never holds the whole of it at once.
+const INFLATE_WHOLE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The single zstd frame `body` must be: anything after it is corruption.
+fn zstd_frame(body: &[u8]) -> Result<&[u8], Check> {
+    let len = zstd::zstd_safe::find_frame_compressed_size(body).map_err(zstd_error)?;
+    if len < body.len() {
+        return Err(Check::TrailingData((body.len() - len) as u64));
+    }
+    Ok(body)
+}
+
+fn zstd_error(code: usize) -> Check {
+    Check::Zstd(std::io::Error::other(zstd::zstd_safe::get_error_name(code)))
+}
+
+/// The most bytes a valid body of `header.records_count` records can inflate to.
+fn body_limit(header: &FileHeader) -> u64 {
+    (header.records_count as u64 + 1).saturating_mul(MAX_MESSAGE_BYTES as u64 + 10)
+}
+
+thread_local! {
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The frame inflated in one call, if it states a content size small enough for that.
+fn inflate_whole(frame: &[u8], header: &FileHeader) -> Result<Option<Vec<u8>>, Check> {
+    let size = match zstd::zstd_safe::get_frame_content_size(frame) {
+        Ok(Some(size)) if size <= INFLATE_WHOLE_BYTES => size,
+        _ => return Ok(None),
+    };
+    if size > body_limit(header) {
+        return Err(Check::MessageTooLarge {
+            what: "zstd body".into(),
+            len: size,
+        });
+    }
+    let mut out = Vec::with_capacity(size as usize);
+    DECOMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let decompressor = match cell.as_mut() {
+            Some(d) => d,
+            None => cell.insert(zstd::bulk::Decompressor::new().map_err(Check::Zstd)?),
+        };
+        decompressor
+            .decompress_to_buffer(frame, &mut out)
+            .map_err(Check::Zstd)
+    })?;
+    if out.len() as u64 != size {
+        return Err(Check::Zstd(std::io::Error::other(format!(
+            "frame states {size} bytes but holds {}",
+            out.len()
+        ))));
+    }
+    Ok(Some(out))
+}
+
+/// Reads the body from a streaming decoder, one message at a time.
+fn inflate_streaming(
+    frame: &[u8],
+    header: &FileHeader,
+    visit: &mut impl FnMut(Record) -> Result<(), Check>,
+) -> Result<FileFooter, Check> {
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(frame)
+        .map_err(Check::Zstd)?
+        .single_frame();
+    // Buffered: length prefixes are read a byte at a time.
+    let mut input = ReadMessages(std::io::BufReader::with_capacity(128 * 1024, &mut decoder));
+    let footer = read_body(header, &mut input, visit)?;
+    // What the buffer read ahead must be nothing but the end of the frame.
+    let ahead = input.0.buffer().len();
+    if ahead > 0 {
+        return Err(Check::TrailingData(ahead as u64));
+    }
+    drop(input);
+    let mut rest = Vec::new();
+    let trailing = decoder.read_to_end(&mut rest).map_err(Check::Zstd)?;
+    if trailing > 0 {
+        return Err(Check::TrailingData(trailing as u64));
+    }
+    Ok(footer)
+}
+
+/// Which message of a file, named in errors (built only when one is reported).
+#[derive(Debug, Clone, Copy)]
+enum Part {
+    Header,
+    Record(usize),
+    Footer,
+}
+
+impl std::fmt::Display for Part {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Part::Header => f.write_str("header"),
+            Part::Record(index) => write!(f, "record {index}"),
+            Part::Footer => f.write_str("footer"),
+        }
+    }
+}
+
+/// A source of varint-length-delimited messages, each handed out in a buffer of its own, so
+/// that `Bytes` fields decoded from a record share that record's buffer rather than the
+/// whole file's (a value kept for the life of a key must not pin its neighbours).
+trait Messages {
+    fn next(&mut self, part: Part) -> Result<Bytes, Check>;
+}
+
+/// Messages read from bytes in memory: each is one allocation and one copy.
+struct SliceMessages<'a>(&'a [u8]);
+
+impl Messages for SliceMessages<'_> {
+    fn next(&mut self, part: Part) -> Result<Bytes, Check> {
+        let mut len: u64 = 0;
+        let mut at = 0;
+        loop {
+            let Some(&byte) = self.0.get(at) else {
+                return Err(Check::Truncated(part.to_string()));
+            };
+            if at >= 10 {
+                return Err(Check::LengthOverflow(part.to_string()));
+            }
+            len |= u64::from(byte & 0x7f) << (7 * at);
+            at += 1;
+            if byte & 0x80 == 0 {
+                break;
+            }
+        }
+        check_length(len, part)?;
+        let rest = &self.0[at..];
+        if (rest.len() as u64) < len {
+            return Err(Check::Truncated(part.to_string()));
+        }
+        let (message, rest) = rest.split_at(len as usize);
+        self.0 = rest;
+        Ok(Bytes::copy_from_slice(message))
+    }
+}
+
+/// Messages read from a stream.
+struct ReadMessages<R: Read>(R);
+
+impl<R: Read> Messages for ReadMessages<R> {
+    fn next(&mut self, part: Part) -> Result<Bytes, Check> {
+        let truncated = || Check::Truncated(part.to_string());
+        let mut len: u64 = 0;
+        let mut shift = 0;
+        loop {
+            let mut byte = [0u8; 1];
+            match self.0.read(&mut byte) {
+                Ok(0) => return Err(truncated()),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Check::Zstd(e)),
+            }
+            if shift >= 64 {
+                return Err(Check::LengthOverflow(part.to_string()));
+            }
+            len |= u64::from(byte[0] & 0x7f) << shift;
+            shift += 7;
+            if byte[0] & 0x80 == 0 {
+                break;
+            }
+        }
+        check_length(len, part)?;
+        let mut buf = BytesMut::zeroed(len as usize);
+        self.0.read_exact(&mut buf).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => truncated(),
+            _ => Check::Zstd(e),
+        })?;
+        Ok(buf.freeze())
+    }
+}
+
+fn check_length(len: u64, part: Part) -> Result<(), Check> {
+    if len > MAX_MESSAGE_BYTES as u64 {
+        return Err(Check::MessageTooLarge {
+            what: part.to_string(),
+            len,
+        });
+    }
+    Ok(())
+}
+
 fn read_body(
     header: &FileHeader,
-    input: &mut impl Read,
+    input: &mut impl Messages,
     visit: &mut impl FnMut(Record) -> Result<(), Check>,
 ) -> Result<FileFooter, Check> {
     let mut records_crc = crc::Digest::new();
     let mut first = None;
     let mut last = None;
     for index in 0..header.records_count as usize {
-        let what = || format!("record {index}");
-        let buf = read_message(input, &what())?;
+        let part = Part::Record(index);
+        let buf = input.next(part)?;
         let mut record = Record::decode(buf.clone()).map_err(|source| Check::Decode {
-            what: what(),
+            what: part.to_string(),
             source,
         })?;
         let stored = record.crc;
@@ -369,9 +546,9 @@ fn read_body(
         last = Some(record.revision);
         visit(record)?;
     }
-    let buf = read_message(input, "footer")?;
+    let buf = input.next(Part::Footer)?;
     let mut footer = FileFooter::decode(buf).map_err(|source| Check::Decode {
-        what: "footer".into(),
+        what: Part::Footer.to_string(),
         source,
     })?;
     let stored = footer.crc;
@@ -407,49 +584,12 @@ fn read_body(
     Ok(footer)
 }
 
-/// Reads one varint-length-delimited message into its own buffer, so that `Bytes` fields
-/// decoded from it share that buffer rather than the whole file's.
 /// The bytes of an encoded record after its leading field 1 (crc, a varint), if it starts
 /// with one.
 fn strip_crc_field(buf: &[u8]) -> Option<&[u8]> {
     let rest = buf.strip_prefix(&[0x08])?;
     let len = rest.iter().position(|b| b & 0x80 == 0)? + 1;
     (len <= 10).then(|| &rest[len..])
-}
-
-fn read_message(input: &mut impl Read, what: &str) -> Result<Bytes, Check> {
-    let truncated = || Check::Truncated(what.to_string());
-    let mut len: u64 = 0;
-    let mut shift = 0;
-    loop {
-        let mut byte = [0u8; 1];
-        match input.read(&mut byte) {
-            Ok(0) => return Err(truncated()),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Check::Zstd(e)),
-        }
-        if shift >= 64 {
-            return Err(Check::LengthOverflow(what.to_string()));
-        }
-        len |= u64::from(byte[0] & 0x7f) << shift;
-        shift += 7;
-        if byte[0] & 0x80 == 0 {
-            break;
-        }
-    }
-    if len > MAX_MESSAGE_BYTES as u64 {
-        return Err(Check::MessageTooLarge {
-            what: what.to_string(),
-            len,
-        });
-    }
-    let mut buf = BytesMut::zeroed(len as usize);
-    input.read_exact(&mut buf).map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => truncated(),
-        _ => Check::Zstd(e),
-    })?;
-    Ok(buf.freeze())
 }
 
 #[cfg(test)]
