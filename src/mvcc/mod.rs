@@ -14,6 +14,7 @@
 //! `rev` keeps, per key, the newest version at or below `rev` unless it is a tombstone.
 
 mod range;
+mod revisions;
 mod txn;
 
 #[cfg(test)]
@@ -26,6 +27,7 @@ use crate::proto::mvccpb;
 use crate::proto::netsy::{Record, RecordKind};
 use bytes::Bytes;
 use imbl::{OrdMap, OrdSet};
+use revisions::RevisionIndex;
 use std::sync::Arc;
 
 /// Errors of the engine, with etcd's messages. The API layer maps them to gRPC codes.
@@ -181,7 +183,7 @@ pub struct State {
     pub compact_revision: i64,
     keys: OrdMap<Bytes, History>,
     /// Keys changed at each retained revision, in change order: drives watch replay.
-    changes: OrdMap<i64, ChangedKeys>,
+    changes: RevisionIndex,
     leases: OrdMap<i64, Lease>,
     lease_keys: OrdMap<i64, OrdSet<Bytes>>,
     /// Bytes of keys and values held across all retained versions.
@@ -264,7 +266,7 @@ impl State {
             revision,
             compact_revision: 0,
             keys: OrdMap::new(),
-            changes: OrdMap::new(),
+            changes: RevisionIndex::default(),
             leases: OrdMap::new(),
             lease_keys: OrdMap::new(),
             bytes: 0,
@@ -380,7 +382,7 @@ impl State {
 
     /// Revisions with changes in `from..=to`, and the keys changed at each.
     pub fn changes(&self, from: i64, to: i64) -> impl Iterator<Item = (i64, &ChangedKeys)> {
-        self.changes.range(from..=to).map(|(r, ks)| (*r, ks))
+        self.changes.range(from, to)
     }
 
     /// Builds the watch event for `key` changed at `rev`, with the previous live version.
@@ -488,14 +490,7 @@ impl State {
         }
         self.bytes += added;
         self.versions += 1;
-        // Revisions only grow: a revision's first key is an append, found without a walk.
-        if self.changes.get_max().is_some_and(|(r, _)| *r == rev) {
-            if let Some(keys) = self.changes.get_mut(&rev) {
-                keys.push(stored);
-            }
-        } else {
-            self.changes.insert(rev, ChangedKeys::One(stored));
-        }
+        self.changes.push(rev, stored);
         self.revision = self.revision.max(rev);
         true
     }
@@ -572,7 +567,7 @@ impl State {
         // a tombstone, so only those need work.
         let mut touched: Vec<Bytes> = self
             .changes
-            .range(..=rev)
+            .range(i64::MIN, rev)
             .flat_map(|(_, ks)| ks.iter().cloned())
             .collect();
         touched.sort();
@@ -607,11 +602,7 @@ impl State {
                 self.keys.insert(key, kept);
             }
         }
-        let (_, at, mut above) = self.changes.split_lookup(&rev);
-        if let Some(at) = at {
-            above.insert(rev, at);
-        }
-        self.changes = above;
+        self.changes.drop_below(rev);
         self.compact_revision = rev;
     }
 
@@ -643,14 +634,14 @@ impl State {
             .flat_map(|(key, h)| {
                 h.versions()
                     .iter()
-                    .filter(|v| !self.changes.contains_key(&v.mod_revision))
+                    .filter(|v| !self.changes.contains(v.mod_revision))
                     .map(move |v| record(key, v, None))
             })
             .collect();
         out.sort_by_key(|r| r.revision);
         for (rev, keys) in self.changes.iter() {
             for key in keys.iter() {
-                if let Some((v, prev)) = self.keys.get(key).and_then(|h| h.change_at(*rev)) {
+                if let Some((v, prev)) = self.keys.get(key).and_then(|h| h.change_at(rev)) {
                     out.push(record(key, v, prev));
                 }
             }
