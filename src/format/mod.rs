@@ -135,77 +135,157 @@ pub struct FileMeta {
 /// Chunks are compressed above [`CHUNK_COMPRESSION_THRESHOLD`] bytes of key+value data,
 /// snapshots always.
 pub fn encode(kind: FileKind, meta: &FileMeta, records: &mut [Record]) -> Result<Vec<u8>, Check> {
-    let compress = match kind {
-        FileKind::Snapshot => true,
-        _ => {
-            records
-                .iter()
-                .map(|r| r.key.len() + r.value.len())
-                .sum::<usize>()
-                > CHUNK_COMPRESSION_THRESHOLD
-        }
-    };
-    let mut header = FileHeader {
-        crc: 0,
-        schema_version: SCHEMA_VERSION,
-        kind: kind as i32,
-        compression: if compress {
-            FileCompression::Zstd
-        } else {
-            FileCompression::None
-        } as i32,
-        records_count: records.len() as i64,
-        leader_id: meta.leader_id.clone(),
-        created_at: meta.created_at,
-        compact_revision: meta.compact_revision,
-        revision: meta.revision,
-        cluster_id: meta.cluster_id,
-    };
-    header.crc = crc64(&header.encode_to_vec());
+    let compress = kind == FileKind::Snapshot
+        || records
+            .iter()
+            .map(|r| r.key.len() + r.value.len())
+            .sum::<usize>()
+            > CHUNK_COMPRESSION_THRESHOLD;
+    let mut encoder = Encoder::new(kind, meta, compress)?;
+    for record in records.iter_mut() {
+        encoder.push(record)?;
+    }
+    encoder.finish()
+}
 
-    let mut body = Vec::with_capacity(records.iter().map(|r| r.encoded_len() + 16).sum());
-    let mut records_crc = crc::Digest::new();
-    let mut scratch = Vec::new();
-    for (index, record) in records.iter_mut().enumerate() {
+/// Writes a file one record at a time, so that a snapshot of a large state never holds all
+/// of its records, nor its uncompressed body, at once: records go through a streaming zstd
+/// frame as they come. A chunk is small and compressed in one call at the end instead, which
+/// records its size in the frame (the reader then inflates it in one piece).
+pub struct Encoder {
+    kind: FileKind,
+    meta: FileMeta,
+    body: Body,
+    records_crc: crc::Digest,
+    scratch: Vec<u8>,
+    count: usize,
+    first: Option<i64>,
+    last: i64,
+}
+
+enum Body {
+    /// Uncompressed, then compressed whole at the end when the flag says so.
+    Buffer(Vec<u8>, bool),
+    Stream(zstd::stream::write::Encoder<'static, Vec<u8>>),
+}
+
+impl Encoder {
+    /// Snapshots are always compressed (streaming); chunks when `compress`.
+    pub fn new(kind: FileKind, meta: &FileMeta, compress: bool) -> Result<Self, Check> {
+        let body = if kind == FileKind::Snapshot {
+            Body::Stream(
+                zstd::stream::write::Encoder::new(Vec::new(), SNAPSHOT_ZSTD_LEVEL)
+                    .map_err(Check::Zstd)?,
+            )
+        } else {
+            Body::Buffer(Vec::new(), compress)
+        };
+        Ok(Self {
+            kind,
+            meta: meta.clone(),
+            body,
+            records_crc: crc::Digest::new(),
+            scratch: Vec::new(),
+            count: 0,
+            first: None,
+            last: 0,
+        })
+    }
+
+    /// Appends a record, setting its `crc`.
+    pub fn push(&mut self, record: &mut Record) -> Result<(), Check> {
         record.crc = 0;
-        scratch.clear();
-        record.encode(&mut scratch).expect("vec grows");
-        if scratch.len() > MAX_MESSAGE_BYTES {
+        self.scratch.clear();
+        record.encode(&mut self.scratch).expect("vec grows");
+        if self.scratch.len() > MAX_MESSAGE_BYTES {
             return Err(Check::RecordTooLarge {
-                index,
-                len: scratch.len(),
+                index: self.count,
+                len: self.scratch.len(),
             });
         }
-        records_crc.update(&scratch);
-        record.crc = crc64(&scratch);
-        record
-            .encode_length_delimited(&mut body)
-            .expect("vec grows");
-    }
-    let mut footer = FileFooter {
-        records_crc: records_crc.finish(),
-        first_revision: records.first().map_or(0, |r| r.revision),
-        last_revision: records.last().map_or(0, |r| r.revision),
-        crc: 0,
-    };
-    footer.crc = crc64(&footer.encode_to_vec());
-    footer
-        .encode_length_delimited(&mut body)
-        .expect("vec grows");
-
-    let mut out = Vec::with_capacity(body.len() / if compress { 3 } else { 1 } + 128);
-    header.encode_length_delimited(&mut out).expect("vec grows");
-    if compress {
-        let level = if kind == FileKind::Snapshot {
-            SNAPSHOT_ZSTD_LEVEL
-        } else {
-            CHUNK_ZSTD_LEVEL
+        self.records_crc.update(&self.scratch);
+        record.crc = crc64(&self.scratch);
+        // The record with its crc is the crc field (number 1, so first) and then the bytes
+        // just checksummed: written as such rather than encoded a second time.
+        let mut prefix = [0u8; 1 + 10 + 10];
+        let mut field = &mut prefix[10..];
+        if record.crc != 0 {
+            prost::encoding::encode_key(1, prost::encoding::WireType::Varint, &mut field);
+            prost::encoding::encode_varint(record.crc, &mut field);
+        }
+        let field_len = 11 - field.len();
+        let mut len = &mut prefix[..10];
+        prost::encoding::encode_varint((field_len + self.scratch.len()) as u64, &mut len);
+        let len_len = 10 - len.len();
+        let write = |body: &mut Body, bytes: &[u8]| match body {
+            Body::Buffer(buf, _) => {
+                buf.extend_from_slice(bytes);
+                Ok(())
+            }
+            Body::Stream(z) => std::io::Write::write_all(z, bytes).map_err(Check::Zstd),
         };
-        compress_into(&body, &mut out, level).map_err(Check::Zstd)?;
-    } else {
-        out.extend_from_slice(&body);
+        write(&mut self.body, &prefix[..len_len])?;
+        write(&mut self.body, &prefix[10..10 + field_len])?;
+        write(&mut self.body, &self.scratch)?;
+        self.first.get_or_insert(record.revision);
+        self.last = record.revision;
+        self.count += 1;
+        Ok(())
     }
-    Ok(out)
+
+    /// The file: header, records, footer.
+    pub fn finish(self) -> Result<Vec<u8>, Check> {
+        let mut footer = FileFooter {
+            records_crc: self.records_crc.finish(),
+            first_revision: self.first.unwrap_or(0),
+            last_revision: if self.first.is_some() { self.last } else { 0 },
+            crc: 0,
+        };
+        footer.crc = crc64(&footer.encode_to_vec());
+        let footer = footer.encode_length_delimited_to_vec();
+        let compressed = !matches!(self.body, Body::Buffer(_, false));
+        let mut header = FileHeader {
+            crc: 0,
+            schema_version: SCHEMA_VERSION,
+            kind: self.kind as i32,
+            compression: if compressed {
+                FileCompression::Zstd
+            } else {
+                FileCompression::None
+            } as i32,
+            records_count: self.count as i64,
+            leader_id: self.meta.leader_id,
+            created_at: self.meta.created_at,
+            compact_revision: self.meta.compact_revision,
+            revision: self.meta.revision,
+            cluster_id: self.meta.cluster_id,
+        };
+        header.crc = crc64(&header.encode_to_vec());
+        let header = header.encode_length_delimited_to_vec();
+        match self.body {
+            Body::Buffer(mut body, compress) => {
+                body.extend_from_slice(&footer);
+                let mut out = Vec::with_capacity(
+                    header.len() + body.len() / if compress { 3 } else { 1 } + 128,
+                );
+                out.extend_from_slice(&header);
+                if compress {
+                    compress_into(&body, &mut out, CHUNK_ZSTD_LEVEL).map_err(Check::Zstd)?;
+                } else {
+                    out.extend_from_slice(&body);
+                }
+                Ok(out)
+            }
+            Body::Stream(mut z) => {
+                std::io::Write::write_all(&mut z, &footer).map_err(Check::Zstd)?;
+                let body = z.finish().map_err(Check::Zstd)?;
+                let mut out = Vec::with_capacity(header.len() + body.len());
+                out.extend_from_slice(&header);
+                out.extend_from_slice(&body);
+                Ok(out)
+            }
+        }
+    }
 }
 
 thread_local! {

@@ -74,7 +74,6 @@ pub async fn write_snapshot(
     let key = layout::snapshot_key(revision);
     let leader_id = leader_id.to_string();
     let encoded = tokio::task::spawn_blocking(move || {
-        let mut records = state.to_records();
         let meta = FileMeta {
             leader_id,
             created_at: Some(now_timestamp()),
@@ -82,7 +81,14 @@ pub async fn write_snapshot(
             revision: state.revision,
             cluster_id,
         };
-        format::encode(FileKind::Snapshot, &meta, &mut records).map(|b| (b, records.len()))
+        // Streamed: records are made and compressed one at a time.
+        let mut encoder = format::Encoder::new(FileKind::Snapshot, &meta, true)?;
+        let mut count = 0;
+        for mut record in state.records() {
+            encoder.push(&mut record)?;
+            count += 1;
+        }
+        encoder.finish().map(|b| (b, count))
     })
     .await
     .map_err(|e| SnapshotError::Encode(e.to_string()))?

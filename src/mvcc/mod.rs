@@ -615,6 +615,14 @@ impl State {
     /// Within one revision, records keep the order the transaction changed the keys in, so
     /// watch events replayed after a restart come out as they did before.
     pub fn to_records(&self) -> Vec<Record> {
+        self.records().collect()
+    }
+
+    /// [`State::to_records`] one record at a time: a snapshot of a large state is encoded
+    /// as it is walked, never holding every record at once. Only the versions older than
+    /// the retained change log (at most one live version per key) are gathered first, as
+    /// references, to be put in revision order.
+    pub fn records(&self) -> impl Iterator<Item = Record> + '_ {
         let record = |key: &Bytes, v: &Version, prev: Option<&Version>| Record {
             revision: v.mod_revision,
             key: key.clone(),
@@ -627,34 +635,36 @@ impl State {
             value: v.value.clone(),
             ..Default::default()
         };
-        // Versions older than the retained change log: at most one live version per key.
-        let mut out: Vec<Record> = self
+        // Every revision from the oldest retained change up is in the change log.
+        let logged_from = self.changes.first_revision().unwrap_or(i64::MAX);
+        let mut older: Vec<(&Bytes, &Version)> = self
             .keys
             .iter()
             .flat_map(|(key, h)| {
                 h.versions()
                     .iter()
-                    .filter(|v| !self.changes.contains(v.mod_revision))
-                    .map(move |v| record(key, v, None))
+                    .take_while(move |v| v.mod_revision < logged_from)
+                    .map(move |v| (key, v))
             })
             .collect();
-        out.sort_by_key(|r| r.revision);
-        for (rev, keys) in self.changes.iter() {
-            for key in keys.iter() {
-                if let Some((v, prev)) = self.keys.get(key).and_then(|h| h.change_at(rev)) {
-                    out.push(record(key, v, prev));
-                }
-            }
-        }
-        for lease in self.leases.values() {
-            out.push(Record {
-                revision: self.revision,
-                kind: RecordKind::LeaseGrant as i32,
-                lease: lease.id,
-                ttl: lease.ttl,
-                ..Default::default()
-            });
-        }
-        out
+        older.sort_by_key(|(_, v)| v.mod_revision);
+        let changed = self.changes.iter().flat_map(move |(rev, keys)| {
+            keys.iter().filter_map(move |key| {
+                let (v, prev) = self.keys.get(key)?.change_at(rev)?;
+                Some(record(key, v, prev))
+            })
+        });
+        let leases = self.leases.values().map(|lease| Record {
+            revision: self.revision,
+            kind: RecordKind::LeaseGrant as i32,
+            lease: lease.id,
+            ttl: lease.ttl,
+            ..Default::default()
+        });
+        older
+            .into_iter()
+            .map(move |(key, v)| record(key, v, None))
+            .chain(changed)
+            .chain(leases)
     }
 }
