@@ -129,8 +129,10 @@ pub async fn run(o: &StartupOptions, dir: &Path) -> anyhow::Result<Vec<Outcome>>
             put(&mut state, i, &pool[i % pool.len()]);
         }
         let bytes = state.bytes() as u64;
+        let writing = Instant::now();
         crate::log::snapshot::write_snapshot(&store, std::sync::Arc::new(state), "bench", 0)
             .await?;
+        let write_seconds = writing.elapsed().as_secs_f64();
         let started = Instant::now();
         let rec = recover(&store).await?;
         let elapsed = started.elapsed();
@@ -142,6 +144,7 @@ pub async fn run(o: &StartupOptions, dir: &Path) -> anyhow::Result<Vec<Outcome>>
         let mut snap = outcome("startup-snapshot", n as u64, bytes, elapsed);
         snap.extra
             .insert("file_mib".into(), rec.bytes as f64 / 1048576.0);
+        snap.extra.insert("write_seconds".into(), write_seconds);
         out.push(snap);
         drop(rec);
         std::fs::remove_dir_all(&snap_dir)?;
