@@ -504,22 +504,12 @@ struct SliceMessages<'a>(&'a [u8]);
 
 impl Messages for SliceMessages<'_> {
     fn next(&mut self, part: Part) -> Result<Bytes, Check> {
-        let mut len: u64 = 0;
         let mut at = 0;
-        loop {
-            let Some(&byte) = self.0.get(at) else {
-                return Err(Check::Truncated(part.to_string()));
-            };
-            if at >= 10 {
-                return Err(Check::LengthOverflow(part.to_string()));
-            }
-            len |= u64::from(byte & 0x7f) << (7 * at);
+        let len = message_length(part, || {
+            let byte = self.0.get(at).copied();
             at += 1;
-            if byte & 0x80 == 0 {
-                break;
-            }
-        }
-        check_length(len, part)?;
+            Ok(byte)
+        })?;
         let rest = &self.0[at..];
         if (rest.len() as u64) < len {
             return Err(Check::Truncated(part.to_string()));
@@ -535,44 +525,52 @@ struct ReadMessages<R: Read>(R);
 
 impl<R: Read> Messages for ReadMessages<R> {
     fn next(&mut self, part: Part) -> Result<Bytes, Check> {
-        let truncated = || Check::Truncated(part.to_string());
-        let mut len: u64 = 0;
-        let mut shift = 0;
-        loop {
+        let len = message_length(part, || loop {
             let mut byte = [0u8; 1];
             match self.0.read(&mut byte) {
-                Ok(0) => return Err(truncated()),
-                Ok(_) => {}
+                Ok(0) => return Ok(None),
+                Ok(_) => return Ok(Some(byte[0])),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(Check::Zstd(e)),
             }
-            if shift >= 64 {
-                return Err(Check::LengthOverflow(part.to_string()));
-            }
-            len |= u64::from(byte[0] & 0x7f) << shift;
-            shift += 7;
-            if byte[0] & 0x80 == 0 {
-                break;
-            }
-        }
-        check_length(len, part)?;
+        })?;
         let mut buf = BytesMut::zeroed(len as usize);
         self.0.read_exact(&mut buf).map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => truncated(),
+            std::io::ErrorKind::UnexpectedEof => Check::Truncated(part.to_string()),
             _ => Check::Zstd(e),
         })?;
         Ok(buf.freeze())
     }
 }
 
-fn check_length(len: u64, part: Part) -> Result<(), Check> {
+/// A message's varint length prefix, read a byte at a time from `byte` (`None`: the input
+/// ended), bounded by the message limit.
+fn message_length(
+    part: Part,
+    mut byte: impl FnMut() -> Result<Option<u8>, Check>,
+) -> Result<u64, Check> {
+    let mut len: u64 = 0;
+    let mut shift = 0;
+    loop {
+        let Some(b) = byte()? else {
+            return Err(Check::Truncated(part.to_string()));
+        };
+        if shift >= 64 {
+            return Err(Check::LengthOverflow(part.to_string()));
+        }
+        len |= u64::from(b & 0x7f) << shift;
+        shift += 7;
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
     if len > MAX_MESSAGE_BYTES as u64 {
         return Err(Check::MessageTooLarge {
             what: part.to_string(),
             len,
         });
     }
-    Ok(())
+    Ok(len)
 }
 
 fn read_body(
