@@ -27,6 +27,12 @@ pub struct Watcher {
     pub fragment: bool,
 }
 
+/// One change a watcher looks at: a key to look up at a revision, or a shared event.
+enum Change<'a> {
+    Key(&'a bytes::Bytes),
+    Shared(&'a crate::mvcc::TailEvent),
+}
+
 /// What a watcher must be told after looking at a state.
 #[derive(Debug, PartialEq)]
 pub enum Sync {
@@ -63,48 +69,44 @@ impl Watcher {
         let mut bytes = 0usize;
         let mut last = to;
         // Revisions of recent publications have shared events; older ones (a watcher
-        // catching up) are looked up one by one.
+        // catching up) are looked up one by one. One walk over both, in revision order.
+        let next = self.next;
         let shared_from = state.shared_from().filter(|from| *from <= to);
         let lookup_to = shared_from.map_or(to, |from| from - 1);
-        let mut full = false;
-        let looked_up = (self.next <= lookup_to).then(|| state.changes(self.next, lookup_to));
-        for (rev, keys) in looked_up.into_iter().flatten() {
-            if bytes >= BATCH_BYTES {
-                last = rev - 1;
-                full = true;
-                break;
-            }
-            for key in keys.iter() {
-                if !self.range.contains(key) {
-                    continue;
+        let looked_up = (next <= lookup_to)
+            .then(|| state.changes(next, lookup_to))
+            .into_iter()
+            .flatten()
+            .flat_map(|(rev, keys)| keys.iter().map(move |key| (rev, Change::Key(key))));
+        let shared = shared_from
+            .into_iter()
+            .flat_map(|_| state.shared().filter(|t| t.to() >= next))
+            .flat_map(|tail| tail.events(state))
+            .skip_while(|t| t.revision < next)
+            .take_while(|t| t.revision <= to)
+            .map(|t| (t.revision, Change::Shared(t)));
+        let mut current = 0;
+        for (rev, change) in looked_up.chain(shared) {
+            if rev != current {
+                if bytes >= BATCH_BYTES {
+                    last = rev - 1;
+                    break;
                 }
-                match state.event(key, rev) {
-                    Some((event, prev)) if self.wants(&event) => {
-                        self.push(&mut events, &mut bytes, event, prev);
-                    }
-                    _ => {}
-                }
+                current = rev;
             }
-        }
-        if !full && shared_from.is_some() {
-            let mut current = 0;
-            let shared = state.shared().filter(|t| t.to() >= self.next);
-            'shared: for tail in shared {
-                for t in tail
-                    .events(state)
-                    .iter()
-                    .skip_while(|t| t.revision < self.next)
-                {
-                    if t.revision > to {
-                        break 'shared;
+            match change {
+                Change::Key(key) => {
+                    if !self.range.contains(key) {
+                        continue;
                     }
-                    if t.revision != current {
-                        if bytes >= BATCH_BYTES {
-                            last = t.revision - 1;
-                            break 'shared;
+                    match state.event(key, rev) {
+                        Some((event, prev)) if self.wants(&event) => {
+                            self.push(&mut events, &mut bytes, event, prev);
                         }
-                        current = t.revision;
+                        _ => {}
                     }
+                }
+                Change::Shared(t) => {
                     let in_range = t
                         .event
                         .kv
