@@ -232,46 +232,67 @@ impl Etcd {
     }
 
     pub async fn start_with(extra: &[&str]) -> Etcd {
-        let dir = tempfile::tempdir().unwrap();
-        let (client, peer) = (free_port(), free_port());
-        let addr = format!("127.0.0.1:{client}");
-        let child = std::process::Command::new("etcd")
-            .args([
-                "--name",
-                "diff",
-                "--data-dir",
-                dir.path().join("data").to_str().unwrap(),
-                "--listen-client-urls",
-                &format!("http://{addr}"),
-                "--advertise-client-urls",
-                &format!("http://{addr}"),
-                "--listen-peer-urls",
-                &format!("http://127.0.0.1:{peer}"),
-                "--initial-advertise-peer-urls",
-                &format!("http://127.0.0.1:{peer}"),
-                "--initial-cluster",
-                &format!("diff=http://127.0.0.1:{peer}"),
-            ])
-            .args(extra)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("etcd is not installed (apt-get install etcd-server; scripts/test.sh does it)");
-        let e = Etcd {
-            child,
-            addr,
-            _dir: dir,
-        };
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(mut c) = etcd_client::Client::connect([e.addr.as_str()], None).await {
-                if c.get("probe", None).await.is_ok() {
-                    return e;
+        // Ports are picked free, then bound by etcd: another test may take one in between
+        // (or both picks may be the same port). etcd then exits at once; pick again.
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let client = free_port();
+            let peer = loop {
+                let p = free_port();
+                if p != client {
+                    break p;
                 }
+            };
+            let addr = format!("127.0.0.1:{client}");
+            let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
+            let child = std::process::Command::new("etcd")
+                .args([
+                    "--name",
+                    "diff",
+                    "--data-dir",
+                    dir.path().join("data").to_str().unwrap(),
+                    "--listen-client-urls",
+                    &format!("http://{addr}"),
+                    "--advertise-client-urls",
+                    &format!("http://{addr}"),
+                    "--listen-peer-urls",
+                    &format!("http://127.0.0.1:{peer}"),
+                    "--initial-advertise-peer-urls",
+                    &format!("http://127.0.0.1:{peer}"),
+                    "--initial-cluster",
+                    &format!("diff=http://127.0.0.1:{peer}"),
+                ])
+                .args(extra)
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect(
+                    "etcd is not installed (apt-get install etcd-server; scripts/test.sh does it)",
+                );
+            let mut e = Etcd {
+                child,
+                addr,
+                _dir: dir,
+            };
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Some(status) = e.child.try_wait().unwrap() {
+                    let log =
+                        std::fs::read_to_string(e._dir.path().join("etcd.log")).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(3).collect();
+                    eprintln!("etcd exited ({status}) at start, retrying: {tail:?}");
+                    break;
+                }
+                if let Ok(mut c) = etcd_client::Client::connect([e.addr.as_str()], None).await {
+                    if c.get("probe", None).await.is_ok() {
+                        return e;
+                    }
+                }
+                assert!(std::time::Instant::now() < deadline, "etcd did not start");
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            assert!(std::time::Instant::now() < deadline, "etcd did not start");
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        panic!("etcd exited at start five times");
     }
 }
 
