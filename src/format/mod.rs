@@ -135,13 +135,10 @@ pub struct FileMeta {
 /// Chunks are compressed above [`CHUNK_COMPRESSION_THRESHOLD`] bytes of key+value data,
 /// snapshots always.
 pub fn encode(kind: FileKind, meta: &FileMeta, records: &mut [Record]) -> Result<Vec<u8>, Check> {
-    let compress = kind == FileKind::Snapshot
-        || records
-            .iter()
-            .map(|r| r.key.len() + r.value.len())
-            .sum::<usize>()
-            > CHUNK_COMPRESSION_THRESHOLD;
+    let kv_bytes: usize = records.iter().map(|r| r.key.len() + r.value.len()).sum();
+    let compress = kind == FileKind::Snapshot || kv_bytes > CHUNK_COMPRESSION_THRESHOLD;
     let mut encoder = Encoder::new(kind, meta, compress)?;
+    encoder.reserve(kv_bytes + records.len() * 64);
     for record in records.iter_mut() {
         encoder.push(record)?;
     }
@@ -160,6 +157,7 @@ pub struct Encoder {
     scratch: Vec<u8>,
     count: usize,
     first: Option<i64>,
+    /// The last record's revision (0: no record yet).
     last: i64,
 }
 
@@ -190,6 +188,13 @@ impl Encoder {
             first: None,
             last: 0,
         })
+    }
+
+    /// Room for about `bytes` of records in a body that is buffered.
+    pub fn reserve(&mut self, bytes: usize) {
+        if let Body::Buffer(buf, _) = &mut self.body {
+            buf.reserve(bytes);
+        }
     }
 
     /// Appends a record, setting its `crc`.
@@ -238,7 +243,7 @@ impl Encoder {
         let mut footer = FileFooter {
             records_crc: self.records_crc.finish(),
             first_revision: self.first.unwrap_or(0),
-            last_revision: if self.first.is_some() { self.last } else { 0 },
+            last_revision: self.last,
             crc: 0,
         };
         footer.crc = crc64(&footer.encode_to_vec());
@@ -360,32 +365,30 @@ pub fn decode_with(
         return Err(fail(Check::NegativeCount(header.records_count)));
     }
     let body = input.0;
-    match FileCompression::try_from(header.compression) {
-        Ok(FileCompression::None) => {
-            let mut input = SliceMessages(body);
-            let footer = read_body(&header, &mut input, &mut visit).map_err(fail)?;
-            if !input.0.is_empty() {
-                return Err(fail(Check::TrailingData(input.0.len() as u64)));
-            }
-            Ok((header, footer))
-        }
+    let inflated;
+    let plain = match FileCompression::try_from(header.compression) {
+        Ok(FileCompression::None) => body,
         Ok(FileCompression::Zstd) => {
             let frame = zstd_frame(body).map_err(fail)?;
-            let footer = match inflate_whole(frame, &header).map_err(fail)? {
-                Some(inflated) => {
-                    let mut input = SliceMessages(&inflated);
-                    let footer = read_body(&header, &mut input, &mut visit).map_err(fail)?;
-                    if !input.0.is_empty() {
-                        return Err(fail(Check::TrailingData(input.0.len() as u64)));
-                    }
-                    footer
+            match inflate_whole(frame, &header).map_err(fail)? {
+                Some(whole) => {
+                    inflated = whole;
+                    &inflated[..]
                 }
-                None => inflate_streaming(frame, &header, &mut visit).map_err(fail)?,
-            };
-            Ok((header, footer))
+                None => {
+                    let footer = inflate_streaming(frame, &header, &mut visit).map_err(fail)?;
+                    return Ok((header, footer));
+                }
+            }
         }
-        _ => Err(fail(Check::Compression(header.compression))),
+        _ => return Err(fail(Check::Compression(header.compression))),
+    };
+    let mut input = SliceMessages(plain);
+    let footer = read_body(&header, &mut input, &mut visit).map_err(fail)?;
+    if !input.0.is_empty() {
+        return Err(fail(Check::TrailingData(input.0.len() as u64)));
     }
+    Ok((header, footer))
 }
 
 /// A body inflated in one piece when its frame states a size up to this: a chunk is small,
