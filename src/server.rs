@@ -131,10 +131,15 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         duration_ms = lease_started.elapsed().as_millis() as u64,
         "leader lease acquired"
     );
+    let renewing = Renewing::start(&leader);
     health.set_phase(Phase::Replaying);
-    let recovered = recover_cluster(store.as_ref(), leader.cluster_id())
-        .await
-        .context("recovering from the bucket")?;
+    let recovered = match recover_cluster(store.as_ref(), leader.cluster_id()).await {
+        Ok(recovered) => recovered,
+        Err(e) => {
+            renewing.stop().await;
+            return Err(e).context("recovering from the bucket");
+        }
+    };
     tracing::info!(
         phase = "replay",
         revision = recovered.state.revision,
@@ -198,6 +203,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         queue,
         store.clone(),
         leader,
+        renewing,
         holder,
         config.clone(),
         recovered.next,
@@ -321,6 +327,30 @@ async fn grpc_routes(
     Ok(routes.prepare().into_axum_router())
 }
 
+/// The leader lease kept renewed in the background from the moment it is held, replay
+/// included: a replay longer than the lease must not let it lapse (a contender would take
+/// over meanwhile, and this node would start serving on an expired lease).
+struct Renewing {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<LeaderError>,
+}
+
+impl Renewing {
+    fn start(leader: &Leader) -> Self {
+        let stop = CancellationToken::new();
+        let task = {
+            let (leader, stop) = (leader.clone(), stop.clone());
+            tokio::spawn(async move { leader.keep_renewed(stop).await })
+        };
+        Self { stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
 /// Owns writing: runs the writer while this node leads, re-acquires and reloads after it
 /// is fenced, releases the lease on shutdown.
 #[allow(clippy::too_many_arguments)]
@@ -329,6 +359,7 @@ async fn supervise(
     mut queue: Queue,
     store: DynStore,
     mut leader: Leader,
+    mut renewing: Renewing,
     holder: String,
     config: Config,
     mut next: crate::log::layout::Position,
@@ -342,11 +373,10 @@ async fn supervise(
         log.set_leader(Some(leader.clone()));
         health.set_leading(true);
         METRICS.set_leading(Some(leader.term()));
-        let renew_stop = CancellationToken::new();
-        let mut renewer = {
-            let (leader, renew_stop) = (leader.clone(), renew_stop.clone());
-            tokio::spawn(async move { leader.keep_renewed(renew_stop).await })
-        };
+        let Renewing {
+            stop: renew_stop,
+            task: mut renewer,
+        } = renewing;
         let snapshotter = tokio::spawn(snapshot::run(
             log.clone(),
             store.clone(),
@@ -419,6 +449,7 @@ async fn supervise(
                 }
             }
             leader.set_cluster_id(config.writer.cluster_id);
+            let reloading = Renewing::start(&leader);
             match recover_cluster(store.as_ref(), config.writer.cluster_id).await {
                 Ok(rec) => {
                     tracing::info!(revision = rec.state.revision, "reloaded from the bucket");
@@ -427,10 +458,12 @@ async fn supervise(
                     log.publish(rec.state);
                     lessor.reset();
                     term.store(leader.term(), Ordering::Relaxed);
+                    renewing = reloading;
                     break;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "reload failed; releasing leadership and retrying");
+                    reloading.stop().await;
                     let _ = leader.release().await;
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }

@@ -231,3 +231,51 @@ async fn s3_faults_and_outage_lose_nothing_and_reads_go_on() {
         faulted,
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_longer_than_the_leader_lease_keeps_it() {
+    common::s3_store("probe").await;
+    let store = format!(
+        "s3://{}/{}",
+        common::s3_bucket(),
+        common::unique_prefix("slow-replay")
+    );
+    // A log of 30 chunks, left by a node that stopped cleanly (the lease is released).
+    let mut first = Netsy::start(&store, &[]).await;
+    let mut c = first.client().await.unwrap();
+    for i in 0..30 {
+        c.put(format!("/slow/{i:02}"), "v", None).await.unwrap();
+    }
+    assert!(first.terminate().success());
+
+    // Every GET of the bucket answered 1.5 s late: the listing and the chunk fetches make
+    // the replay outlast a 3 s lease (valid 2.4 s after it is taken).
+    let proxy = FaultyProxy::default();
+    proxy.get_delay_ms.store(1500, Ordering::Relaxed);
+    let upstream = common::s3_endpoint()
+        .trim_start_matches("http://")
+        .to_string();
+    let endpoint = proxy.start(upstream).await;
+    let flags = [
+        "--s3-endpoint",
+        endpoint.as_str(),
+        "--leader-lease-seconds",
+        "3",
+    ];
+    let started = Instant::now();
+    let mut n = Netsy::start(&store, &flags).await;
+    let took = started.elapsed();
+    // The first linearizable read after the port answers is served: the lease was renewed
+    // while the replay ran.
+    let mut c = n.client().await.unwrap();
+    let got = c.get("/slow/29", None).await;
+    let log = n.log();
+    assert!(
+        took > Duration::from_secs(4),
+        "the replay was not slow enough to test anything ({took:?}):\n{log}"
+    );
+    let got = got.unwrap_or_else(|e| panic!("read after a slow replay failed: {e}\n{log}"));
+    assert_eq!(got.kvs().len(), 1);
+    c.put("/slow/after", "v", None).await.unwrap();
+    assert!(n.terminate().success());
+}

@@ -42,6 +42,8 @@ pub struct FaultyProxy {
     pub down: Arc<std::sync::atomic::AtomicBool>,
     /// Requests seen, by method.
     pub seen: Arc<Mutex<std::collections::BTreeMap<String, usize>>>,
+    /// Every GET (object reads and listings) answered this many ms late: a slow bucket.
+    pub get_delay_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Reads one HTTP request (head and Content-Length body).
@@ -119,6 +121,10 @@ impl FaultyProxy {
                             .next()
                             .unwrap_or_default()
                             .to_string();
+                        let delay = this.get_delay_ms.load(std::sync::atomic::Ordering::Relaxed);
+                        if method == "GET" && delay > 0 {
+                            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                        }
                         *this.seen.lock().unwrap().entry(method).or_default() += 1;
                         if this.down.load(std::sync::atomic::Ordering::Relaxed) {
                             return;
