@@ -248,10 +248,10 @@ async fn a_replay_longer_than_the_leader_lease_keeps_it() {
     }
     assert!(first.terminate().success());
 
-    // Every GET of the bucket answered 1.5 s late: the listing and the chunk fetches make
-    // the replay outlast a 3 s lease (valid 2.4 s after it is taken).
+    // Every GET of the bucket answered 3 s late: the listings and the chunk fetches make
+    // the replay outlast a 6 s lease (valid 4.8 s after it is taken).
     let proxy = FaultyProxy::default();
-    proxy.get_delay_ms.store(1500, Ordering::Relaxed);
+    proxy.get_delay_ms.store(3000, Ordering::Relaxed);
     let upstream = common::s3_endpoint()
         .trim_start_matches("http://")
         .to_string();
@@ -260,7 +260,7 @@ async fn a_replay_longer_than_the_leader_lease_keeps_it() {
         "--s3-endpoint",
         endpoint.as_str(),
         "--leader-lease-seconds",
-        "3",
+        "6",
     ];
     let started = Instant::now();
     let mut n = Netsy::start(&store, &flags).await;
@@ -271,7 +271,7 @@ async fn a_replay_longer_than_the_leader_lease_keeps_it() {
     let got = c.get("/slow/29", None).await;
     let log = n.log();
     assert!(
-        took > Duration::from_secs(4),
+        took > Duration::from_secs(8),
         "the replay was not slow enough to test anything ({took:?}):\n{log}"
     );
     let got = got.unwrap_or_else(|e| panic!("read after a slow replay failed: {e}\n{log}"));
