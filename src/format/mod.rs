@@ -238,6 +238,11 @@ impl Encoder {
         Ok(())
     }
 
+    /// Records pushed so far.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
     /// The file: header, records, footer.
     pub fn finish(self) -> Result<Vec<u8>, Check> {
         let mut footer = FileFooter {

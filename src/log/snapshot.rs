@@ -83,11 +83,10 @@ pub async fn write_snapshot(
         };
         // Streamed: records are made and compressed one at a time.
         let mut encoder = format::Encoder::new(FileKind::Snapshot, &meta, true)?;
-        let mut count = 0;
         for mut record in state.records() {
             encoder.push(&mut record)?;
-            count += 1;
         }
+        let count = encoder.count();
         encoder.finish().map(|b| (b, count))
     })
     .await
