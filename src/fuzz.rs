@@ -43,7 +43,7 @@ pub fn decode_file(data: &[u8]) {
         }
     }
     let mut state = State::at_revision(0);
-    for r in &file.records {
+    for r in file.records {
         if state.apply_record(r).is_err() {
             break;
         }
@@ -105,7 +105,7 @@ pub fn requests(data: &[u8]) {
 
     // The log's records replay to the same state.
     let mut replayed = State::at_revision(1);
-    for r in &written {
+    for r in written {
         replayed
             .apply_record(r)
             .expect("records the engine wrote replay");
@@ -121,7 +121,7 @@ pub fn requests(data: &[u8]) {
     let mut records = state.to_records();
     let bytes = format::encode(FileKind::Snapshot, &meta, &mut records).expect("snapshot encodes");
     let file = format::decode("snapshot.netsy", &bytes).expect("snapshot decodes");
-    let (loaded, _) = crate::log::recovery::snapshot_state("snapshot.netsy", &file)
+    let (loaded, _) = crate::log::recovery::snapshot_state("snapshot.netsy", file)
         .expect("the snapshot loads as recovery loads it");
     assert_same(&state, &loaded, "snapshot");
 }

@@ -21,7 +21,6 @@ pub mod json;
 pub use crc::crc64;
 
 use crate::proto::netsy::{FileCompression, FileFooter, FileHeader, FileKind, Record};
-use bytes::{Bytes, BytesMut};
 use prost::Message;
 use std::io::Read;
 
@@ -325,7 +324,14 @@ fn compress_into(body: &[u8], out: &mut Vec<u8>, level: i32) -> std::io::Result<
 /// Decodes and verifies a whole file.
 pub fn decode(file: &str, data: &[u8]) -> Result<DataFile, FormatError> {
     let mut records = Vec::new();
-    let (header, footer) = decode_with(file, data, |r| {
+    // The count is checked against the records actually read, so it only bounds the
+    // reservation, which is held to what a small file could claim.
+    let expected = std::cell::Cell::new(0);
+    let started = |h: &FileHeader| expected.set(h.records_count.clamp(0, 16 * 1024) as usize);
+    let (header, footer) = decode_file(file, data, started, |r| {
+        if records.capacity() == 0 {
+            records.reserve(expected.get());
+        }
         records.push(r);
         Ok(())
     })?;
@@ -342,6 +348,16 @@ pub fn decode(file: &str, data: &[u8]) -> Result<DataFile, FormatError> {
 pub fn decode_with(
     file: &str,
     data: &[u8],
+    visit: impl FnMut(Record) -> Result<(), Check>,
+) -> Result<(FileHeader, FileFooter), FormatError> {
+    decode_file(file, data, |_| {}, visit)
+}
+
+/// [`decode_with`], calling `started` with the header once it checks.
+fn decode_file(
+    file: &str,
+    data: &[u8],
+    started: impl FnOnce(&FileHeader),
     mut visit: impl FnMut(Record) -> Result<(), Check>,
 ) -> Result<(FileHeader, FileFooter), FormatError> {
     let fail = |check| FormatError::new(file, check);
@@ -369,31 +385,44 @@ pub fn decode_with(
     if header.records_count < 0 {
         return Err(fail(Check::NegativeCount(header.records_count)));
     }
+    started(&header);
     let body = input.0;
-    let inflated;
     let plain = match FileCompression::try_from(header.compression) {
         Ok(FileCompression::None) => body,
         Ok(FileCompression::Zstd) => {
             let frame = zstd_frame(body).map_err(fail)?;
-            match inflate_whole(frame, &header).map_err(fail)? {
-                Some(whole) => {
-                    inflated = whole;
-                    &inflated[..]
-                }
-                None => {
-                    let footer = inflate_streaming(frame, &header, &mut visit).map_err(fail)?;
-                    return Ok((header, footer));
-                }
+            let mut inflated = INFLATED.with(|cell| cell.take());
+            if !inflate_whole(frame, &header, &mut inflated).map_err(fail)? {
+                let footer = inflate_streaming(frame, &header, &mut visit).map_err(fail)?;
+                return Ok((header, footer));
             }
+            let footer = read_plain_body(file, &header, &inflated, &mut visit);
+            if inflated.capacity() <= KEEP_INFLATED_BYTES {
+                inflated.clear();
+                INFLATED.with(|cell| cell.replace(inflated));
+            }
+            return Ok((header, footer?));
         }
         _ => return Err(fail(Check::Compression(header.compression))),
     };
-    let mut input = SliceMessages(plain);
-    let footer = read_body(&header, &mut input, &mut visit).map_err(fail)?;
+    let footer = read_plain_body(file, &header, plain, &mut visit)?;
+    Ok((header, footer))
+}
+
+/// Reads an uncompressed body, which must end with the footer.
+fn read_plain_body(
+    file: &str,
+    header: &FileHeader,
+    body: &[u8],
+    visit: &mut impl FnMut(Record) -> Result<(), Check>,
+) -> Result<FileFooter, FormatError> {
+    let fail = |check| FormatError::new(file, check);
+    let mut input = SliceMessages(body);
+    let footer = read_body(header, &mut input, visit).map_err(fail)?;
     if !input.0.is_empty() {
         return Err(fail(Check::TrailingData(input.0.len() as u64)));
     }
-    Ok((header, footer))
+    Ok(footer)
 }
 
 /// A body inflated in one piece when its frame states a size up to this: a chunk is small,
@@ -422,13 +451,21 @@ fn body_limit(header: &FileHeader) -> u64 {
 thread_local! {
     static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { std::cell::RefCell::new(None) };
+    /// The buffer chunks are inflated into, kept between files: records are decoded out of
+    /// it into buffers of their own, so it is free again once a file is read, and a fresh
+    /// one for every chunk costs a page fault per 4 KiB.
+    static INFLATED: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// The frame inflated in one call, if it states a content size small enough for that.
-fn inflate_whole(frame: &[u8], header: &FileHeader) -> Result<Option<Vec<u8>>, Check> {
+/// The largest inflate buffer kept for the next file (a chunk's body is far smaller).
+const KEEP_INFLATED_BYTES: usize = 4 * 1024 * 1024;
+
+/// Inflates the frame into `out` in one call if it states a content size small enough for
+/// that; false (nothing done) otherwise.
+fn inflate_whole(frame: &[u8], header: &FileHeader, out: &mut Vec<u8>) -> Result<bool, Check> {
     let size = match zstd::zstd_safe::get_frame_content_size(frame) {
         Ok(Some(size)) if size <= INFLATE_WHOLE_BYTES => size,
-        _ => return Ok(None),
+        _ => return Ok(false),
     };
     if size > body_limit(header) {
         return Err(Check::MessageTooLarge {
@@ -436,7 +473,8 @@ fn inflate_whole(frame: &[u8], header: &FileHeader) -> Result<Option<Vec<u8>>, C
             len: size,
         });
     }
-    let mut out = Vec::with_capacity(size as usize);
+    out.clear();
+    out.reserve(size as usize);
     DECOMPRESSOR.with(|cell| {
         let mut cell = cell.borrow_mut();
         let decompressor = match cell.as_mut() {
@@ -444,7 +482,7 @@ fn inflate_whole(frame: &[u8], header: &FileHeader) -> Result<Option<Vec<u8>>, C
             None => cell.insert(zstd::bulk::Decompressor::new().map_err(Check::Zstd)?),
         };
         decompressor
-            .decompress_to_buffer(frame, &mut out)
+            .decompress_to_buffer(frame, out)
             .map_err(Check::Zstd)
     })?;
     if out.len() as u64 != size {
@@ -453,7 +491,7 @@ fn inflate_whole(frame: &[u8], header: &FileHeader) -> Result<Option<Vec<u8>>, C
             out.len()
         ))));
     }
-    Ok(Some(out))
+    Ok(true)
 }
 
 /// Reads the body from a streaming decoder, one message at a time.
@@ -466,10 +504,13 @@ fn inflate_streaming(
         .map_err(Check::Zstd)?
         .single_frame();
     // Buffered: length prefixes are read a byte at a time.
-    let mut input = ReadMessages(std::io::BufReader::with_capacity(128 * 1024, &mut decoder));
+    let mut input = ReadMessages {
+        input: std::io::BufReader::with_capacity(128 * 1024, &mut decoder),
+        buf: Vec::new(),
+    };
     let footer = read_body(header, &mut input, visit)?;
     // What the buffer read ahead must be nothing but the end of the frame.
-    let ahead = input.0.buffer().len();
+    let ahead = input.input.buffer().len();
     if ahead > 0 {
         return Err(Check::TrailingData(ahead as u64));
     }
@@ -500,18 +541,19 @@ impl std::fmt::Display for Part {
     }
 }
 
-/// A source of varint-length-delimited messages, each handed out in a buffer of its own, so
-/// that `Bytes` fields decoded from a record share that record's buffer rather than the
-/// whole file's (a value kept for the life of a key must not pin its neighbours).
+/// A source of varint-length-delimited messages, each lent as a slice until the next one.
+/// Messages are decoded from slices, so every `Bytes` field of a decoded record is an
+/// allocation of its own, exactly its size: a value kept for the life of a key pins
+/// nothing else (neither the file nor its neighbours), and is not copied again to be kept.
 trait Messages {
-    fn next(&mut self, part: Part) -> Result<Bytes, Check>;
+    fn next(&mut self, part: Part) -> Result<&[u8], Check>;
 }
 
-/// Messages read from bytes in memory: each is one allocation and one copy.
+/// Messages read from bytes in memory.
 struct SliceMessages<'a>(&'a [u8]);
 
 impl Messages for SliceMessages<'_> {
-    fn next(&mut self, part: Part) -> Result<Bytes, Check> {
+    fn next(&mut self, part: Part) -> Result<&[u8], Check> {
         let mut at = 0;
         let len = message_length(part, || {
             let byte = self.0.get(at).copied();
@@ -524,30 +566,36 @@ impl Messages for SliceMessages<'_> {
         }
         let (message, rest) = rest.split_at(len as usize);
         self.0 = rest;
-        Ok(Bytes::copy_from_slice(message))
+        Ok(message)
     }
 }
 
-/// Messages read from a stream.
-struct ReadMessages<R: Read>(R);
+/// Messages read from a stream, each into the same buffer.
+struct ReadMessages<R: Read> {
+    input: R,
+    buf: Vec<u8>,
+}
 
 impl<R: Read> Messages for ReadMessages<R> {
-    fn next(&mut self, part: Part) -> Result<Bytes, Check> {
+    fn next(&mut self, part: Part) -> Result<&[u8], Check> {
+        let input = &mut self.input;
         let len = message_length(part, || loop {
             let mut byte = [0u8; 1];
-            match self.0.read(&mut byte) {
+            match input.read(&mut byte) {
                 Ok(0) => return Ok(None),
                 Ok(_) => return Ok(Some(byte[0])),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(Check::Zstd(e)),
             }
         })?;
-        let mut buf = BytesMut::zeroed(len as usize);
-        self.0.read_exact(&mut buf).map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => Check::Truncated(part.to_string()),
-            _ => Check::Zstd(e),
-        })?;
-        Ok(buf.freeze())
+        self.buf.resize(len as usize, 0);
+        self.input
+            .read_exact(&mut self.buf)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => Check::Truncated(part.to_string()),
+                _ => Check::Zstd(e),
+            })?;
+        Ok(&self.buf)
     }
 }
 
@@ -592,7 +640,7 @@ fn read_body(
     for index in 0..header.records_count as usize {
         let part = Part::Record(index);
         let buf = input.next(part)?;
-        let mut record = Record::decode(buf.clone()).map_err(|source| Check::Decode {
+        let mut record = Record::decode(buf).map_err(|source| Check::Decode {
             what: part.to_string(),
             source,
         })?;
@@ -601,7 +649,7 @@ fn read_body(
         // encode fields in number order, so that is the wire bytes after a leading crc
         // field: checked without re-encoding. Anything else takes the Go reader's way
         // (re-encode, then checksum).
-        let fast = strip_crc_field(&buf).filter(|rest| crc64(rest) == stored);
+        let fast = strip_crc_field(buf).filter(|rest| crc64(rest) == stored);
         if let Some(rest) = fast {
             records_crc.update(rest);
         } else {

@@ -148,6 +148,28 @@ fn round_trip_chunk_and_snapshot() {
     }
 }
 
+/// Keys and values are kept for the life of a key: each must be a buffer of its own,
+/// exactly its size, never a slice pinning the file or a neighbouring record (the state
+/// keeps them as they are).
+#[test]
+fn decoded_keys_and_values_are_buffers_of_their_own() {
+    for (kind, value_len) in [
+        (FileKind::Chunk, 10),
+        (FileKind::Chunk, 2000),
+        (FileKind::Snapshot, 300),
+    ] {
+        let mut records = sample_records(40, value_len);
+        let bytes = encode(kind, &FileMeta::default(), &mut records).unwrap();
+        for record in decode("mem", &bytes).unwrap().records {
+            for field in [record.key, record.value] {
+                let len = field.len();
+                let own = field.try_into_mut().expect("not shared with anything");
+                assert_eq!(own.capacity(), len, "{kind:?} {value_len}");
+            }
+        }
+    }
+}
+
 #[test]
 fn added_fields_round_trip_and_keep_go_fields_canonical() {
     let mut records = vec![Record {

@@ -113,7 +113,7 @@ impl Applier {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, Vec<Record>)>(FETCH_CONCURRENCY);
         let done = tokio::task::spawn_blocking(move || {
             while let Some((key, records)) = rx.blocking_recv() {
-                apply_records(&mut state, &key, &records)?;
+                apply_records(&mut state, &key, records)?;
             }
             Ok(state)
         });
@@ -180,15 +180,15 @@ async fn load_snapshot(
 }
 
 /// The state a decoded snapshot file holds, and the revision it covers.
-pub fn snapshot_state(key: &str, file: &format::DataFile) -> Result<(State, i64), RecoveryError> {
+pub fn snapshot_state(key: &str, file: format::DataFile) -> Result<(State, i64), RecoveryError> {
     check_snapshot_kind(key, &file.header)?;
     let mut state = State::at_revision(0);
-    apply_records(&mut state, key, &file.records)?;
+    apply_records(&mut state, key, file.records)?;
     finish_snapshot(key, state, &file.header, &file.footer)
 }
 
 /// Applies the records of object `key` in order; the first inconsistent one is the error.
-fn apply_records(state: &mut State, key: &str, records: &[Record]) -> Result<(), RecoveryError> {
+fn apply_records(state: &mut State, key: &str, records: Vec<Record>) -> Result<(), RecoveryError> {
     for r in records {
         state
             .apply_record(r)

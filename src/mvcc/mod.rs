@@ -495,13 +495,15 @@ impl State {
         true
     }
 
-    /// Applies one record from the log (replay) or from the writer. Records carry every
-    /// field, so replay trusts them rather than recomputing, but rejects a record that
-    /// would move history backwards.
-    pub fn apply_record(&mut self, r: &Record) -> Result<(), Error> {
-        let inconsistent = |reason: &str| Error::Inconsistent {
-            revision: r.revision,
-            key: String::from_utf8_lossy(&r.key).into_owned(),
+    /// Applies one record from the log (replay). Records carry every field, so replay trusts
+    /// them rather than recomputing, but rejects a record that would move history backwards.
+    /// The record's key and value are kept as they are, not copied: they must be buffers of
+    /// their own (as [`crate::format`] decodes them), not slices pinning a larger one.
+    pub fn apply_record(&mut self, r: Record) -> Result<(), Error> {
+        let revision = r.revision;
+        let inconsistent = |key: &[u8], reason: &str| Error::Inconsistent {
+            revision,
+            key: String::from_utf8_lossy(key).into_owned(),
             reason: reason.to_string(),
         };
         if r.kind == RecordKind::Compact as i32 {
@@ -522,13 +524,16 @@ impl State {
             return Ok(());
         }
         if r.kind != RecordKind::Kv as i32 {
-            return Err(inconsistent(&format!("unknown record kind {}", r.kind)));
+            return Err(inconsistent(
+                &r.key,
+                &format!("unknown record kind {}", r.kind),
+            ));
         }
         if r.revision < self.revision {
-            return Err(inconsistent(&format!(
-                "revision is below the head revision {}",
-                self.revision
-            )));
+            return Err(inconsistent(
+                &r.key,
+                &format!("revision is below the head revision {}", self.revision),
+            ));
         }
         let v = if r.deleted {
             Version {
@@ -544,14 +549,17 @@ impl State {
                 create_revision: r.create_revision,
                 version: r.version,
                 lease: r.lease,
-                value: r.value.clone(),
+                value: r.value,
             }
         };
         if !r.deleted && v.version <= 0 {
-            return Err(inconsistent("live version must be positive"));
+            return Err(inconsistent(&r.key, "live version must be positive"));
         }
-        if !self.push_version(&r.key, v, false, r.created) {
-            return Err(inconsistent("key already has a version at this revision"));
+        if !self.push_version(&r.key, v, true, r.created) {
+            return Err(inconsistent(
+                &r.key,
+                "key already has a version at this revision",
+            ));
         }
         Ok(())
     }

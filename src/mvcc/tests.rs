@@ -337,7 +337,7 @@ fn records_replay_into_the_same_state() {
     }
     let mut replayed = State::new();
     for r in &log {
-        replayed.apply_record(r).unwrap();
+        replayed.apply_record(r.clone()).unwrap();
     }
     assert_eq!(replayed.revision, st.revision);
     assert_eq!(replayed.keys, st.keys);
@@ -350,7 +350,7 @@ fn records_replay_into_the_same_state() {
     for r in &log {
         let mut r = r.clone();
         r.created = !r.created;
-        misled.apply_record(&r).unwrap();
+        misled.apply_record(r).unwrap();
     }
     assert_eq!(misled.keys, st.keys);
     // A record for a version already held is refused whichever way it is guided, and
@@ -359,14 +359,14 @@ fn records_replay_into_the_same_state() {
         let mut again = log[log.len() - 1].clone();
         again.created = created;
         let before = misled.keys.clone();
-        assert!(misled.apply_record(&again).is_err());
+        assert!(misled.apply_record(again).is_err());
         assert_eq!(misled.keys, before);
     }
     // The snapshot form replays to the same state too, compacted or not.
     st.compact(12);
     let mut from_snapshot = State::at_revision(1);
     for r in st.to_records() {
-        from_snapshot.apply_record(&r).unwrap();
+        from_snapshot.apply_record(r).unwrap();
     }
     from_snapshot.compact(12);
     assert_eq!(from_snapshot.keys, st.keys);
@@ -374,7 +374,7 @@ fn records_replay_into_the_same_state() {
     let mut stale = log[3].clone();
     stale.revision = 1;
     assert!(matches!(
-        replayed.apply_record(&stale),
+        replayed.apply_record(stale),
         Err(Error::Inconsistent { .. })
     ));
 }
