@@ -29,7 +29,7 @@ pub struct Watcher {
 
 /// One change a watcher looks at: a key to look up at a revision, or a shared event.
 enum Change<'a> {
-    Key(&'a bytes::Bytes),
+    Key(&'a crate::mvcc::Key),
     Shared(&'a crate::mvcc::TailEvent),
 }
 

@@ -121,7 +121,7 @@ impl Lease for LeaseService {
                 ttl,
                 granted_ttl: granted,
                 keys: if r.keys {
-                    state.lease_keys(r.id).cloned().collect()
+                    state.lease_keys(r.id).map(|k| k.to_bytes()).collect()
                 } else {
                     vec![]
                 },

@@ -121,7 +121,7 @@ pub(crate) fn evaluate(
             if work.lease(*id).is_none() {
                 return Err(MvccError::LeaseNotFound);
             }
-            let keys: Vec<Bytes> = work.lease_keys(*id).cloned().collect();
+            let keys: Vec<Bytes> = work.lease_keys(*id).map(|k| k.to_bytes()).collect();
             if !keys.is_empty() {
                 // All attached keys go in one revision, like etcd's revoke.
                 let txn = crate::proto::etcdserverpb::TxnRequest {

@@ -13,6 +13,7 @@
 //! leaves a tombstone (version 0) so that history and watch events stay exact; compaction at
 //! `rev` keeps, per key, the newest version at or below `rev` unless it is a tombstone.
 
+mod key;
 mod range;
 mod revisions;
 mod txn;
@@ -20,6 +21,7 @@ mod txn;
 #[cfg(test)]
 mod tests;
 
+pub use key::Key;
 pub use range::{key_in_range, KeyRange};
 pub use txn::{txn_all_ops, txn_is_read_only, Evaluated, TxnEval};
 
@@ -69,9 +71,9 @@ impl Version {
         self.version == 0
     }
 
-    pub fn to_kv(&self, key: &Bytes, keys_only: bool) -> mvccpb::KeyValue {
+    pub fn to_kv(&self, key: &[u8], keys_only: bool) -> mvccpb::KeyValue {
         mvccpb::KeyValue {
-            key: key.clone(),
+            key: Bytes::copy_from_slice(key),
             create_revision: self.create_revision,
             mod_revision: self.mod_revision,
             version: self.version,
@@ -162,19 +164,19 @@ impl History {
 /// held inline: no allocation beyond the map's own node.
 #[derive(Debug, Clone)]
 pub enum ChangedKeys {
-    One(Bytes),
-    Many(Arc<Vec<Bytes>>),
+    One(Key),
+    Many(Arc<Vec<Key>>),
 }
 
 impl ChangedKeys {
-    pub fn iter(&self) -> std::slice::Iter<'_, Bytes> {
+    pub fn iter(&self) -> std::slice::Iter<'_, Key> {
         match self {
             Self::One(k) => std::slice::from_ref(k).iter(),
             Self::Many(ks) => ks.iter(),
         }
     }
 
-    fn push(&mut self, key: Bytes) {
+    fn push(&mut self, key: Key) {
         match self {
             Self::One(first) => *self = Self::Many(Arc::new(vec![first.clone(), key])),
             Self::Many(ks) => Arc::make_mut(ks).push(key),
@@ -196,11 +198,11 @@ pub struct State {
     pub revision: i64,
     /// Reads and watches below this revision fail with [`Error::Compacted`].
     pub compact_revision: i64,
-    keys: OrdMap<Bytes, History>,
+    keys: OrdMap<Key, History>,
     /// Keys changed at each retained revision, in change order: drives watch replay.
     changes: RevisionIndex,
     leases: OrdMap<i64, Lease>,
-    lease_keys: OrdMap<i64, OrdSet<Bytes>>,
+    lease_keys: OrdMap<i64, OrdSet<Key>>,
     /// Bytes of keys and values held across all retained versions.
     bytes: i64,
     /// Number of retained versions (tombstones included).
@@ -354,7 +356,7 @@ impl State {
         &'a self,
         range: &'a KeyRange,
         rev: i64,
-    ) -> impl Iterator<Item = (&'a Bytes, &'a Version)> + 'a {
+    ) -> impl Iterator<Item = (&'a Key, &'a Version)> + 'a {
         range
             .iter(&self.keys)
             .filter_map(move |(k, h)| h.live_at(rev).map(|v| (k, v)))
@@ -391,7 +393,7 @@ impl State {
     }
 
     /// Keys currently attached to lease `id`.
-    pub fn lease_keys(&self, id: i64) -> impl Iterator<Item = &Bytes> {
+    pub fn lease_keys(&self, id: i64) -> impl Iterator<Item = &Key> {
         self.lease_keys.get(&id).into_iter().flat_map(|s| s.iter())
     }
 
@@ -401,18 +403,14 @@ impl State {
     }
 
     /// Builds the watch event for `key` changed at `rev`, with the previous live version.
-    pub fn event(
-        &self,
-        key: &Bytes,
-        rev: i64,
-    ) -> Option<(mvccpb::Event, Option<mvccpb::KeyValue>)> {
+    pub fn event(&self, key: &Key, rev: i64) -> Option<(mvccpb::Event, Option<mvccpb::KeyValue>)> {
         let (v, prev) = self.keys.get(key)?.change_at(rev)?;
         let prev = prev.map(|p| p.to_kv(key, false));
         let event = if v.is_tombstone() {
             mvccpb::Event {
                 r#type: mvccpb::event::EventType::Delete as i32,
                 kv: Some(mvccpb::KeyValue {
-                    key: key.clone(),
+                    key: key.to_bytes(),
                     mod_revision: rev,
                     ..Default::default()
                 }),
@@ -439,29 +437,15 @@ impl State {
 
     /// Appends a version of `key` at `rev` (which must be the head or head + 1). Returns
     /// false, changing nothing, when the key already has a version at or after `rev`. A key
-    /// new to the map is stored as `key` itself when `key_is_exact`, else as an exact copy,
-    /// so that it never pins a larger buffer (a replayed record's) for the life of the key.
+    /// new to the map gets a [`Key`] of its own; a known one keeps the map's.
     /// `likely_new` picks the order of map operations (one tree walk when the guess is right;
     /// the result is the same either way): replay takes it from the record's `created`.
-    fn push_version(
-        &mut self,
-        key: &Bytes,
-        v: Version,
-        key_is_exact: bool,
-        likely_new: bool,
-    ) -> bool {
+    fn push_version(&mut self, key: &[u8], v: Version, likely_new: bool) -> bool {
         let rev = v.mod_revision;
         let new_lease = if v.is_tombstone() { 0 } else { v.lease };
         let added = (key.len() + v.value.len()) as i64;
-        let exact = |key: &Bytes| {
-            if key_is_exact {
-                key.clone()
-            } else {
-                Bytes::copy_from_slice(key)
-            }
-        };
         let (stored, prev_lease) = if likely_new {
-            let k = exact(key);
+            let k = Key::new(key);
             let one = History::one(v);
             match self.keys.insert(k.clone(), one.clone()) {
                 None => (k, 0),
@@ -486,7 +470,7 @@ impl State {
                     (k.clone(), prev_lease)
                 }
                 None => {
-                    let k = exact(key);
+                    let k = Key::new(key);
                     self.keys.insert(k.clone(), History::one(v));
                     (k, 0)
                 }
@@ -512,8 +496,8 @@ impl State {
 
     /// Applies one record from the log (replay). Records carry every field, so replay trusts
     /// them rather than recomputing, but rejects a record that would move history backwards.
-    /// The record's key and value are kept as they are, not copied: they must be buffers of
-    /// their own (as [`crate::format`] decodes them), not slices pinning a larger one.
+    /// The record's value is kept as it is, not copied: it must be a buffer of its own (as
+    /// [`crate::format`] decodes it), not a slice pinning a larger one.
     pub fn apply_record(&mut self, r: Record) -> Result<(), Error> {
         let revision = r.revision;
         let inconsistent = |key: &[u8], reason: &str| Error::Inconsistent {
@@ -570,7 +554,7 @@ impl State {
         if !r.deleted && v.version <= 0 {
             return Err(inconsistent(&r.key, "live version must be positive"));
         }
-        if !self.push_version(&r.key, v, true, r.created) {
+        if !self.push_version(&r.key, v, r.created) {
             return Err(inconsistent(
                 &r.key,
                 "key already has a version at this revision",
@@ -588,7 +572,7 @@ impl State {
         }
         // Only keys changed since the previous compaction can hold more than one version or
         // a tombstone, so only those need work.
-        let mut touched: Vec<Bytes> = self
+        let mut touched: Vec<Key> = self
             .changes
             .range(i64::MIN, rev)
             .flat_map(|(_, ks)| ks.iter().cloned())
@@ -646,9 +630,9 @@ impl State {
     /// the retained change log (at most one live version per key) are gathered first, as
     /// references, to be put in revision order.
     pub fn records(&self) -> impl Iterator<Item = Record> + '_ {
-        let record = |key: &Bytes, v: &Version, prev: Option<&Version>| Record {
+        let record = |key: &Key, v: &Version, prev: Option<&Version>| Record {
             revision: v.mod_revision,
-            key: key.clone(),
+            key: key.to_bytes(),
             created: prev.is_none() && !v.is_tombstone(),
             deleted: v.is_tombstone(),
             create_revision: v.create_revision,
@@ -660,7 +644,7 @@ impl State {
         };
         // Every revision from the oldest retained change up is in the change log.
         let logged_from = self.changes.first_revision().unwrap_or(i64::MAX);
-        let mut older: Vec<(&Bytes, &Version)> = self
+        let mut older: Vec<(&Key, &Version)> = self
             .keys
             .iter()
             .flat_map(|(key, h)| {

@@ -1,6 +1,6 @@
 //! Key ranges and etcd's Range semantics (limit, count, sort, revision filters).
 
-use super::{Error, History, State};
+use super::{Error, History, Key, State};
 use crate::proto::etcdserverpb::{range_request, RangeRequest, RangeResponse, ResponseHeader};
 use bytes::Bytes;
 use imbl::OrdMap;
@@ -33,18 +33,18 @@ impl KeyRange {
     /// Entries of `map` inside the range, in key order.
     pub fn iter<'a, V: Clone>(
         &'a self,
-        map: &'a OrdMap<Bytes, V>,
-    ) -> Box<dyn Iterator<Item = (&'a Bytes, &'a V)> + 'a> {
+        map: &'a OrdMap<Key, V>,
+    ) -> Box<dyn Iterator<Item = (&'a Key, &'a V)> + 'a> {
         if self.is_single() {
-            return Box::new(map.get_key_value(&self.start).into_iter());
+            return Box::new(map.get_key_value(&self.start[..]).into_iter());
         }
-        let lower = Bound::Included(self.start.clone());
+        let lower = Bound::Included(&self.start[..]);
         if self.end.as_ref() == b"\0" {
-            Box::new(map.range((lower, Bound::Unbounded)))
+            Box::new(map.range::<_, [u8]>((lower, Bound::Unbounded)))
         } else if self.end <= self.start {
             Box::new(std::iter::empty())
         } else {
-            Box::new(map.range((lower, Bound::Excluded(self.end.clone()))))
+            Box::new(map.range::<_, [u8]>((lower, Bound::Excluded(&self.end[..]))))
         }
     }
 }
@@ -122,7 +122,7 @@ impl State {
         }
 
         let mut count = 0i64;
-        let mut items: Vec<(&Bytes, &super::Version)> = Vec::new();
+        let mut items: Vec<(&Key, &super::Version)> = Vec::new();
         for (k, v) in self.live_in(&range, rev) {
             count += 1;
             if keep(v) {
@@ -138,7 +138,7 @@ impl State {
             });
         }
         use range_request::SortTarget as T;
-        let cmp = |a: &(&Bytes, &super::Version), b: &(&Bytes, &super::Version)| match sort_target {
+        let cmp = |a: &(&Key, &super::Version), b: &(&Key, &super::Version)| match sort_target {
             T::Key => a.0.cmp(b.0),
             T::Version => a.1.version.cmp(&b.1.version),
             T::Create => a.1.create_revision.cmp(&b.1.create_revision),
@@ -169,10 +169,10 @@ impl State {
 
 /// Live keys of `keys` in `range` at `rev`, for deletes and compares.
 pub(super) fn live_keys(
-    keys: &OrdMap<Bytes, History>,
+    keys: &OrdMap<Key, History>,
     range: &KeyRange,
     rev: i64,
-) -> Vec<(Bytes, super::Version)> {
+) -> Vec<(Key, super::Version)> {
     range
         .iter(keys)
         .filter_map(|(k, h)| h.live_at(rev).map(|v| (k.clone(), v.clone())))

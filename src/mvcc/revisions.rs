@@ -7,8 +7,7 @@
 //! (the index was about 100 bytes per revision as a map, about 50 as a vector). Lookups by
 //! revision are binary searches.
 
-use super::ChangedKeys;
-use bytes::Bytes;
+use super::{ChangedKeys, Key};
 use imbl::Vector;
 
 #[derive(Debug, Clone, Default)]
@@ -17,7 +16,7 @@ pub(super) struct RevisionIndex(Vector<(i64, ChangedKeys)>);
 impl RevisionIndex {
     /// Records that `key` changed at `rev`, which must be at or above the last revision
     /// recorded (revisions only grow).
-    pub fn push(&mut self, rev: i64, key: Bytes) {
+    pub fn push(&mut self, rev: i64, key: Key) {
         match self.0.back_mut() {
             Some((last, keys)) if *last == rev => keys.push(key),
             last => {
@@ -68,7 +67,7 @@ mod tests {
     fn index(revs: &[(i64, &str)]) -> RevisionIndex {
         let mut index = RevisionIndex::default();
         for (rev, key) in revs {
-            index.push(*rev, Bytes::copy_from_slice(key.as_bytes()));
+            index.push(*rev, Key::new(key.as_bytes()));
         }
         index
     }
@@ -119,7 +118,7 @@ mod tests {
     fn a_large_index_appends_and_searches() {
         let mut i = RevisionIndex::default();
         for rev in (1..20_000).map(|r| r * 2) {
-            i.push(rev, Bytes::from_static(b"k"));
+            i.push(rev, Key::new(b"k"));
         }
         let got: Vec<i64> = i.range(10_001, 10_011).map(|(r, _)| r).collect();
         assert_eq!(got, vec![10_002, 10_004, 10_006, 10_008, 10_010]);

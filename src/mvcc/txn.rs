@@ -57,15 +57,9 @@ impl<'a> TxnEval<'a> {
     }
 
     fn put(&mut self, r: &PutRequest) -> Result<PutResponse, Error> {
-        let existing = self.state.keys.get_key_value(&r.key);
-        let prev = existing
-            .and_then(|(_, h)| h.live_at(self.read_rev()))
-            .cloned();
-        // An existing key keeps sharing the bytes already held; a new one gets its own copy.
-        let (key, new) = match existing {
-            Some((k, _)) => (k.clone(), false),
-            None => (Bytes::copy_from_slice(&r.key), true),
-        };
+        let existing = self.state.keys.get(&r.key[..]);
+        let prev = existing.and_then(|h| h.live_at(self.read_rev())).cloned();
+        let new = existing.is_none();
         if (r.ignore_value || r.ignore_lease) && prev.is_none() {
             return Err(Error::KeyNotFound);
         }
@@ -93,7 +87,8 @@ impl<'a> TxnEval<'a> {
         };
         self.records.push(Record {
             revision: self.rev,
-            key: key.clone(),
+            // The request's bytes: a record lives only until its chunk is written.
+            key: r.key.clone(),
             created: prev.is_none(),
             deleted: false,
             create_revision: v.create_revision,
@@ -103,7 +98,7 @@ impl<'a> TxnEval<'a> {
             value: v.value.clone(),
             ..Default::default()
         });
-        let pushed = self.state.push_version(&key, v, true, new);
+        let pushed = self.state.push_version(&r.key, v, new);
         debug_assert!(pushed, "a key is written once per revision");
         Ok(PutResponse {
             header: None,
@@ -122,7 +117,7 @@ impl<'a> TxnEval<'a> {
         for (key, prev) in &victims {
             self.records.push(Record {
                 revision: self.rev,
-                key: key.clone(),
+                key: key.to_bytes(),
                 deleted: true,
                 create_revision: prev.create_revision,
                 prev_revision: prev.mod_revision,
@@ -137,7 +132,6 @@ impl<'a> TxnEval<'a> {
                     lease: 0,
                     value: Bytes::new(),
                 },
-                true,
                 false,
             );
             debug_assert!(pushed, "a key is written once per revision");
