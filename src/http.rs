@@ -8,6 +8,7 @@
 //! `--listen-metrics-urls`, so readiness can be observed while the bucket is replayed.
 
 use crate::api::Context;
+use crate::coalesce::CoalescedWrites;
 use crate::tls::Reloader;
 use axum::response::IntoResponse;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -180,16 +181,20 @@ pub async fn serve(
         tokio::spawn(async move {
             let result = match tls {
                 None => {
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let conn = builder.serve_connection_with_upgrades(
+                        TokioIo::new(CoalescedWrites::new(stream)),
+                        service,
+                    );
                     watcher.watch(conn).await
                 }
                 Some(tls) => {
                     let handshake = tls.acceptor().accept(stream);
                     match tokio::time::timeout(Duration::from_secs(10), handshake).await {
                         Ok(Ok(stream)) => {
-                            let conn = builder
-                                .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            let conn = builder.serve_connection_with_upgrades(
+                                TokioIo::new(CoalescedWrites::new(stream)),
+                                service,
+                            );
                             watcher.watch(conn).await
                         }
                         Ok(Err(e)) => {

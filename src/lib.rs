@@ -8,6 +8,7 @@
 pub mod api;
 pub mod bench;
 pub mod clock;
+pub mod coalesce;
 pub mod crashpoint;
 pub mod format;
 #[doc(hidden)]
