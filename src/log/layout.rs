@@ -42,18 +42,30 @@ impl std::fmt::Display for Position {
     }
 }
 
+/// Chunks are spread over this many prefixes by revision (S3 scales request rates per
+/// prefix).
+const PARTITIONS: i64 = 10_000;
+
 /// The object key of the chunk at `pos`.
 pub fn chunk_key(pos: Position) -> String {
     let r = pos.revision;
     if pos.seq == 0 {
-        format!("{CHUNKS}{:04}/{r:019}.netsy", r.rem_euclid(10_000))
+        format!("{CHUNKS}{:04}/{r:019}.netsy", r.rem_euclid(PARTITIONS))
     } else {
         format!(
             "{CHUNKS}{:04}/{r:019}.{:06}.netsy",
-            r.rem_euclid(10_000),
+            r.rem_euclid(PARTITIONS),
             pos.seq
         )
     }
+}
+
+/// Every chunk partition prefix, starting with the one revision `from` falls in: the order
+/// in which a log at `from` needs them.
+pub fn chunk_partitions_from(from: i64) -> Vec<String> {
+    (0..PARTITIONS)
+        .map(|i| format!("{CHUNKS}{:04}/", (from + i).rem_euclid(PARTITIONS)))
+        .collect()
 }
 
 /// The revision and sequence a chunk key names (for Netsy 1.0 keys, the revision is the
@@ -107,5 +119,19 @@ mod tests {
         assert_eq!(parse_snapshot_key(&snapshot_key(150)), Some(150));
         assert_eq!(parse_chunk_key("chunks/0001/1.netsy"), None);
         assert_eq!(parse_chunk_key("snapshots/0000000000000000150.netsy"), None);
+    }
+
+    #[test]
+    fn partitions_cover_every_chunk_key_once_starting_where_the_log_is() {
+        let parts = chunk_partitions_from(123_456);
+        assert_eq!(parts[0], "chunks/3456/");
+        assert_eq!(parts[1], "chunks/3457/");
+        assert_eq!(parts.last().unwrap(), "chunks/3455/");
+        let distinct: std::collections::HashSet<&String> = parts.iter().collect();
+        assert_eq!(distinct.len(), parts.len());
+        for r in [1, 9_999, 10_000, 123_457, 5_000_000_001] {
+            let key = chunk_key(Position::new(r, 0));
+            assert_eq!(parts.iter().filter(|p| key.starts_with(*p)).count(), 1);
+        }
     }
 }

@@ -56,6 +56,10 @@ impl ObjectStore for Metered {
         r
     }
 
+    fn prepare_prefixes(&self, prefixes: Vec<String>) {
+        self.0.prepare_prefixes(prefixes)
+    }
+
     fn describe(&self) -> String {
         self.0.describe()
     }

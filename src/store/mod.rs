@@ -87,6 +87,10 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
     async fn delete(&self, key: &str) -> Result<()>;
     /// A URL naming this store, for logs and status.
     fn describe(&self) -> String;
+    /// A hint, in the order they will be needed: keys under these prefixes are about to be
+    /// written. A store that keeps prefixes as directories creates them ahead, off the
+    /// write path; the others have nothing to do.
+    fn prepare_prefixes(&self, _prefixes: Vec<String>) {}
 }
 
 pub type DynStore = Arc<dyn ObjectStore>;
