@@ -41,10 +41,6 @@ impl<T> CoalescedWrites<T> {
             yielded: false,
         }
     }
-
-    pub fn get_ref(&self) -> &T {
-        &self.inner
-    }
 }
 
 impl<T: AsyncWrite + Unpin> CoalescedWrites<T> {

@@ -179,11 +179,12 @@ fn fail_all(batch: &mut Vec<Proposal>, err: &WriteError) {
     }
 }
 
-/// Chunks this writer commits before it asks the store to prepare every chunk partition
-/// (a directory store creates them ahead, once: on this machine's ext4 a `mkdir` costs up
-/// to 350 us of CPU and a sync of its parent, which a new bucket's first 10,000 chunks
-/// otherwise each pay on the write path). A store that is written to this much will need
-/// them all soon; one that is not (a test, an idle cluster) is spared the 10,000 directories.
+/// Chunks this writer commits before it asks the store to prepare every chunk partition.
+/// A directory store creates them ahead, once: a `mkdir` and a sync of its parent (on the
+/// development machine's ext4, up to 350 us of kernel CPU and a disk flush), which a new
+/// bucket's first 10,000 chunks would otherwise each pay on the write path. A store written
+/// to this much will need them all soon; one that is not (a test, an idle cluster) is
+/// spared the 10,000 directories.
 const PREPARE_AFTER_CHUNKS: usize = 256;
 
 /// Runs the writer until shutdown or fencing. `next` is the log position after recovery.
