@@ -47,6 +47,15 @@ fn key_path(root: &Path, key: &str) -> Option<PathBuf> {
     valid.then(|| root.join(key))
 }
 
+/// Creates `dir` unless it exists; true if it was created.
+fn create_dir_if_absent(dir: &Path) -> std::io::Result<bool> {
+    match fs::create_dir(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Makes `dir` (below `root`) exist durably: its parents first, then `dir` itself, then a
 /// sync of its parent. A directory that already existed is synced into its parent as well:
 /// the process that created it may have died before doing so.
@@ -59,10 +68,7 @@ fn make_durable(root: &Path, durable: &DashSet<PathBuf>, dir: &Path) -> std::io:
         .filter(|p| p.starts_with(root))
         .ok_or_else(|| std::io::Error::other("directory outside the store"))?;
     make_durable(root, durable, parent)?;
-    match fs::create_dir(dir) {
-        Err(e) if e.kind() != ErrorKind::AlreadyExists => return Err(e),
-        _ => {}
-    }
+    create_dir_if_absent(dir)?;
     sync_dir(parent)?;
     durable.insert(dir.to_path_buf());
     Ok(())
@@ -90,11 +96,7 @@ fn prepare(root: &Path, durable: std::sync::Weak<DashSet<PathBuf>>, prefixes: &[
                 }
                 let parent = dir.parent().expect("a key path is below the root");
                 make_durable(root, &durable, parent)?;
-                match fs::create_dir(&dir) {
-                    Ok(()) => created += 1,
-                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(e),
-                }
+                created += usize::from(create_dir_if_absent(&dir)?);
                 parents.insert(parent.to_path_buf());
                 made.push(dir);
             }
