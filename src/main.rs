@@ -19,6 +19,17 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read once at its start (`_RJEM_MALLOC_CONF` in the environment still
+/// overrides them). jemalloc returns freed pages to the kernel only from inside later
+/// allocator calls, so a server that goes quiet after a burst (a snapshot's buffers, a
+/// compaction's garbage) kept them resident for good: 100k keys of 1 KiB stayed at 1.42x
+/// their raw size, 14 s after the writes stopped. A background thread purges pages left
+/// unused for a second (the same figure settles at 1.26x).
+#[cfg(target_os = "linux")]
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000\0";
+
 #[derive(Parser)]
 #[command(
     name = "netsy",
