@@ -99,11 +99,16 @@ pub fn print_table(outcomes: &[Outcome]) -> String {
     for o in outcomes {
         let base = *first.entry(o.workload.as_str()).or_insert(o);
         let ratio = if o.workload == "memory" {
-            // Lower is better: the first target's bytes per key over this one's.
-            match (
-                base.extra.get("rss_bytes_per_key"),
-                o.extra.get("rss_bytes_per_key"),
-            ) {
+            // Lower is better: the first target's bytes per key over this one's, settled
+            // when both settled.
+            let field = if base.extra.contains_key("settled_bytes_per_key")
+                && o.extra.contains_key("settled_bytes_per_key")
+            {
+                "settled_bytes_per_key"
+            } else {
+                "rss_bytes_per_key"
+            };
+            match (base.extra.get(field), o.extra.get(field)) {
                 (Some(b), Some(x)) if *x > 0.0 => b / x,
                 _ => 0.0,
             }
