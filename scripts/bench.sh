@@ -5,7 +5,9 @@
 #      local directory store and, if LocalStack answers (scripts/localstack.sh start), on
 #      LocalStack;
 #   3. runs `netsy bench` against all of them (ratios are to etcd) and the in-process
-#      `startup` workload; then `etcdctl check perf --load=l` against etcd and Netsy (file).
+#      `startup` workload; then `etcdctl check perf --load=l` against etcd, Netsy (file) and
+#      examples/noop_kv.rs, a gRPC server that stores nothing: the most any server can reach
+#      with that client on this machine (etcdctl's own CPU time is printed with each).
 # Arguments go to `netsy bench` (e.g. --duration-seconds 5 --workload put,get).
 # Results: a table on stdout, JSON in ${BENCH_OUT:-target/bench}.
 set -euo pipefail
@@ -13,6 +15,7 @@ cd "$(dirname "$0")/.."
 out=${BENCH_OUT:-target/bench}
 mkdir -p "$out"
 cargo build --release --quiet
+cargo build --release --quiet --example noop_kv
 bin=$PWD/target/release/netsy
 command -v etcd >/dev/null || { echo "bench.sh: etcd is not installed (apt-get install etcd-server etcd-client)" >&2; exit 1; }
 
@@ -55,8 +58,12 @@ echo "# machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(etcd
 "$bin" bench "${targets[@]}" --json "$out/bench.json" "$@"
 "$bin" bench --workload startup --json "$out/startup.json"
 
+noop_port=$(port)
+target/release/examples/noop_kv "127.0.0.1:$noop_port" >"$work/noop.log" 2>&1 &
+pids+=($!)
 export ETCDCTL_API=3
-for t in "etcd=$etcd_port" "netsy-file=$file_port"; do
+TIMEFORMAT='etcdctl CPU: %U s user, %S s system in %R s'
+for t in "etcd=$etcd_port" "netsy-file=$file_port" "noop-grpc=$noop_port"; do
   echo "# etcdctl check perf --load=l on ${t%%=*}"
-  etcdctl --endpoints="127.0.0.1:${t#*=}" check perf --load=l 2>&1 | grep -E '^(PASS|FAIL)' || true
+  time (etcdctl --endpoints="127.0.0.1:${t#*=}" check perf --load=l 2>&1 | grep -E '^(PASS|FAIL)' || true)
 done
