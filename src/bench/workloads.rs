@@ -203,32 +203,31 @@ async fn scrape(endpoint: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
-/// The server's RSS once it has stopped moving: a second apart, three samples within 1 % of
-/// each other (at most `SETTLE_LIMIT` after the first). Right after a load, memory still in
-/// flight (a snapshot being written, the allocator's not yet returned pages) is counted
-/// as well as the keyset; the settled figure is what holding the keyset costs.
-async fn settled_rss(endpoint: &str) -> (Option<f64>, Duration) {
+/// The server's metrics once its RSS has stopped moving: a second apart, three samples
+/// within 1 % of each other (at most `SETTLE_LIMIT` after the first). Right after a load,
+/// memory still in flight (a snapshot being written, the allocator's not yet returned
+/// pages) is counted as well as the keyset; the settled figure is what holding the keyset
+/// costs.
+async fn settled_metrics(endpoint: &str) -> (BTreeMap<String, f64>, Duration) {
     const SETTLE_LIMIT: Duration = Duration::from_secs(30);
+    const RSS: &str = "process_resident_memory_bytes";
     let started = Instant::now();
     let mut samples: Vec<f64> = Vec::new();
-    while started.elapsed() < SETTLE_LIMIT {
-        let Some(rss) = scrape(endpoint)
-            .await
-            .get("process_resident_memory_bytes")
-            .copied()
-        else {
-            return (None, started.elapsed());
+    loop {
+        let metrics = scrape(endpoint).await;
+        let Some(rss) = metrics.get(RSS).copied() else {
+            return (metrics, started.elapsed());
         };
         samples.push(rss);
-        if let [.., a, b, c] = samples[..] {
-            let (lo, hi) = (a.min(b).min(c), a.max(b).max(c));
-            if hi - lo <= hi * 0.01 {
-                return (Some(c), started.elapsed());
-            }
+        let flat = match samples[..] {
+            [.., a, b, c] => a.max(b).max(c) - a.min(b).min(c) <= rss * 0.01,
+            _ => false,
+        };
+        if flat || started.elapsed() >= SETTLE_LIMIT {
+            return (metrics, started.elapsed());
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    (samples.last().copied(), started.elapsed())
 }
 
 fn delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, name: &str) -> Option<f64> {
@@ -466,13 +465,8 @@ pub(super) async fn run(
                 if let Some(total) = after.get("process_resident_memory_bytes") {
                     extra.insert("rss_mib".into(), total / 1048576.0);
                 }
-                let (settled, waited) = settled_rss(&target.endpoint).await;
-                if let Some(total) = settled {
-                    let growth = total
-                        - before
-                            .get("process_resident_memory_bytes")
-                            .copied()
-                            .unwrap_or(0.0);
+                let (settled, waited) = settled_metrics(&target.endpoint).await;
+                if let Some(growth) = delta(&before, &settled, "process_resident_memory_bytes") {
                     extra.insert("settled_bytes_per_key".into(), growth / keys as f64);
                     extra.insert("settled_over_raw".into(), growth / raw);
                     extra.insert("settled_after_s".into(), waited.as_secs_f64());
