@@ -24,7 +24,7 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// allocator calls, so a server that goes quiet after a burst (a snapshot's buffers, a
 /// compaction's garbage) kept them resident for good: 100k keys of 1 KiB stayed at 1.42x
 /// their raw size, 14 s after the writes stopped. A background thread purges pages left
-/// unused for a second (the same figure settles at 1.25-1.28x). jemalloc reads the symbol
+/// unused for a second (the same figure settles at 1.25-1.32x). jemalloc reads the symbol
 /// as a `const char *`: a thin pointer to the first byte of a NUL-terminated string.
 #[cfg(target_os = "linux")]
 #[allow(non_upper_case_globals)]
