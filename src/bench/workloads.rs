@@ -203,6 +203,9 @@ async fn scrape(endpoint: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// The resident memory metric every target exposes (etcd and Netsy alike).
+const RSS: &str = "process_resident_memory_bytes";
+
 /// The server's metrics once its RSS has stopped moving: a second apart, three samples
 /// within 1 % of each other (at most `SETTLE_LIMIT` after the first). Right after a load,
 /// memory still in flight (a snapshot being written, the allocator's not yet returned
@@ -210,7 +213,6 @@ async fn scrape(endpoint: &str) -> BTreeMap<String, f64> {
 /// costs.
 async fn settled_metrics(endpoint: &str) -> (BTreeMap<String, f64>, Duration) {
     const SETTLE_LIMIT: Duration = Duration::from_secs(30);
-    const RSS: &str = "process_resident_memory_bytes";
     let started = Instant::now();
     let mut samples: Vec<f64> = Vec::new();
     loop {
@@ -455,18 +457,18 @@ pub(super) async fn run(
             let t = load(&chans, prefix, keys, o.clients, &pattern, size).await;
             tokio::time::sleep(Duration::from_secs(1)).await;
             let after = scrape(&target.endpoint).await;
-            if let Some(growth) = delta(&before, &after, "process_resident_memory_bytes") {
+            if let Some(growth) = delta(&before, &after, RSS) {
                 let key_len = key(prefix, 0).len();
                 let raw = (keys * (key_len + size)) as f64;
                 extra.insert("rss_growth_mib".into(), growth / 1048576.0);
                 extra.insert("raw_mib".into(), raw / 1048576.0);
                 extra.insert("rss_bytes_per_key".into(), growth / keys as f64);
                 extra.insert("rss_over_raw".into(), growth / raw);
-                if let Some(total) = after.get("process_resident_memory_bytes") {
+                if let Some(total) = after.get(RSS) {
                     extra.insert("rss_mib".into(), total / 1048576.0);
                 }
                 let (settled, waited) = settled_metrics(&target.endpoint).await;
-                if let Some(growth) = delta(&before, &settled, "process_resident_memory_bytes") {
+                if let Some(growth) = delta(&before, &settled, RSS) {
                     extra.insert("settled_bytes_per_key".into(), growth / keys as f64);
                     extra.insert("settled_over_raw".into(), growth / raw);
                     extra.insert("settled_after_s".into(), waited.as_secs_f64());
