@@ -113,7 +113,15 @@ impl Watcher {
                         .as_ref()
                         .is_some_and(|kv| self.range.contains(&kv.key));
                     if in_range && self.wants(&t.event) {
-                        let prev = if self.prev_kv { t.prev.clone() } else { None };
+                        // As in etcd, the previous version of a change at the
+                        // compacted revision is gone (etcd reads it at rev - 1, below
+                        // the compaction); a tail built before the compaction still
+                        // holds it.
+                        let prev = if self.prev_kv && t.revision > state.compact_revision {
+                            t.prev.clone()
+                        } else {
+                            None
+                        };
                         self.push(&mut events, &mut bytes, t.event.clone(), prev);
                     }
                 }
@@ -210,6 +218,35 @@ mod tests {
             panic!()
         };
         assert_eq!(ev.len(), 1);
+    }
+
+    /// A change at the compacted revision has no previous version any more, whether its
+    /// event is looked up or shared from a tail built before the compaction (etcd answers
+    /// such an event without prev_kv: kube-apiserver's watch then reports 410 or an
+    /// internal error, and relists).
+    #[test]
+    fn no_prev_kv_for_a_change_at_the_compacted_revision() {
+        let mut st = State::new();
+        put(&mut st, "a", "1"); // 2
+        let published = st.revision;
+        put(&mut st, "a", "2"); // 3
+        put(&mut st, "a", "3"); // 4
+        st.set_published_after(published);
+        // Build the shared tail while revision 3 is still there.
+        let mut early = watcher("a", "b", 3);
+        let Sync::Events(ev) = early.sync(&st) else {
+            panic!()
+        };
+        assert_eq!(ev[1].prev_kv.as_ref().unwrap().value, "2");
+        st.compact(4);
+        for mut w in [watcher("a", "b", 4), watcher("a", "", 4)] {
+            let Sync::Events(ev) = w.sync(&st) else {
+                panic!()
+            };
+            assert_eq!(ev.len(), 1);
+            assert_eq!(ev[0].kv.as_ref().unwrap().mod_revision, 4);
+            assert_eq!(ev[0].prev_kv, None);
+        }
     }
 
     #[test]
