@@ -8,7 +8,8 @@
 use netsy::proto::etcdserverpb::kv_server::{Kv, KvServer};
 use netsy::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
+    PutResponse, RangeRequest, RangeResponse, RangeStreamResponse, ResponseHeader, TxnRequest,
+    TxnResponse,
 };
 use std::sync::atomic::{AtomicI64, Ordering};
 use tonic::{Request, Response, Status};
@@ -34,6 +35,17 @@ impl NoopKv {
 
 #[tonic::async_trait]
 impl Kv for NoopKv {
+    type RangeStreamStream = futures::stream::Empty<Result<RangeStreamResponse, Status>>;
+
+    async fn range_stream(
+        &self,
+        _: Request<RangeRequest>,
+    ) -> Result<Response<Self::RangeStreamStream>, Status> {
+        Err(Status::unimplemented(
+            "noop_kv answers Range, Put and DeleteRange only",
+        ))
+    }
+
     async fn range(&self, _: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         Ok(Response::new(RangeResponse {
             header: self.header(),

@@ -232,9 +232,9 @@ fn grpc_type(service: &str, method: &str) -> &'static str {
         ("etcdserverpb.Watch", "Watch")
         | ("etcdserverpb.Lease", "LeaseKeepAlive")
         | (_, "ServerReflectionInfo") => "bidi_stream",
-        ("etcdserverpb.Maintenance", "Snapshot") | ("grpc.health.v1.Health", "Watch") => {
-            "server_stream"
-        }
+        ("etcdserverpb.Maintenance", "Snapshot")
+        | ("etcdserverpb.KV", "RangeStream")
+        | ("grpc.health.v1.Health", "Watch") => "server_stream",
         _ => "unary",
     }
 }
@@ -455,5 +455,6 @@ mod tests {
         assert_eq!(code_name(b"x"), "Unknown");
         assert_eq!(grpc_type("etcdserverpb.Watch", "Watch"), "bidi_stream");
         assert_eq!(grpc_type("etcdserverpb.KV", "Range"), "unary");
+        assert_eq!(grpc_type("etcdserverpb.KV", "RangeStream"), "server_stream");
     }
 }

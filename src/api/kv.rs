@@ -8,9 +8,11 @@ use crate::mvcc::{txn_all_ops, txn_is_read_only};
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+    PutResponse, RangeRequest, RangeResponse, RangeStreamResponse, TxnRequest, TxnResponse,
 };
+use futures::Stream;
 use prost::Message;
+use std::pin::Pin;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 
 /// etcd's rule: a read-only txn may be served locally only if all its ranges (in every
@@ -48,6 +50,35 @@ impl KvService {
 
 #[tonic::async_trait]
 impl Kv for KvService {
+    type RangeStreamStream =
+        Pin<Box<dyn Stream<Item = Result<RangeStreamResponse, Status>> + Send + 'static>>;
+
+    async fn range_stream(
+        &self,
+        request: GrpcRequest<RangeRequest>,
+    ) -> Result<GrpcResponse<Self::RangeStreamStream>, Status> {
+        let r = request.into_inner();
+        validate::range_stream(&r)?;
+        let state = if r.serializable {
+            self.ctx.log.state()
+        } else {
+            self.ctx.log.linearizable_state()?
+        };
+        let rev = state.check_revision(r.revision)?;
+        // As Range's, the header carries the store's current revision.
+        let header = self.ctx.header(state.revision);
+        let chunks = super::range_stream::Chunks::new(
+            state,
+            &r,
+            rev,
+            header,
+            self.ctx.limits.max_request_bytes,
+        );
+        Ok(GrpcResponse::new(Box::pin(futures::stream::iter(
+            chunks.map(Ok),
+        ))))
+    }
+
     async fn range(
         &self,
         request: GrpcRequest<RangeRequest>,

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
+pub mod range_stream;
 pub mod validate;
 pub mod watch;
 

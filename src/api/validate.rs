@@ -22,6 +22,31 @@ pub fn range(r: &RangeRequest) -> Result<(), Status> {
     Ok(())
 }
 
+/// etcd 3.7's RangeStream checks: those of Range, and only key order without revision
+/// filters (a stream is cut in key order).
+pub fn range_stream(r: &RangeRequest) -> Result<(), Status> {
+    range(r)?;
+    let order = r.sort_order();
+    let default_order = order == range_request::SortOrder::None
+        || (r.sort_target() == range_request::SortTarget::Key
+            && order == range_request::SortOrder::Ascend);
+    if !default_order {
+        return Err(Status::unimplemented(
+            "RangeStream does not support custom sort orders",
+        ));
+    }
+    if r.min_mod_revision != 0
+        || r.max_mod_revision != 0
+        || r.min_create_revision != 0
+        || r.max_create_revision != 0
+    {
+        return Err(Status::unimplemented(
+            "RangeStream does not support revision filters",
+        ));
+    }
+    Ok(())
+}
+
 pub fn put(r: &PutRequest) -> Result<(), Status> {
     if r.key.is_empty() {
         return Err(errors::empty_key());

@@ -167,6 +167,31 @@ impl State {
     }
 }
 
+impl State {
+    /// Up to `limit` live keys of `range` at `rev` in key order, and whether another live
+    /// key of the range follows them: one chunk of a streamed range.
+    pub fn range_page(
+        &self,
+        range: &KeyRange,
+        rev: i64,
+        limit: usize,
+        keys_only: bool,
+    ) -> (Vec<crate::proto::mvccpb::KeyValue>, bool) {
+        let mut live = self.live_in(range, rev);
+        let kvs = live
+            .by_ref()
+            .take(limit)
+            .map(|(k, v)| v.to_kv(k, keys_only))
+            .collect();
+        (kvs, live.next().is_some())
+    }
+
+    /// How many keys of `range` are live at `rev`.
+    pub fn count_live(&self, range: &KeyRange, rev: i64) -> i64 {
+        self.live_in(range, rev).count() as i64
+    }
+}
+
 /// Live keys of `keys` in `range` at `rev`, for deletes and compares.
 pub(super) fn live_keys(
     keys: &OrdMap<Key, History>,
