@@ -33,5 +33,17 @@ echo "test.sh: cargo clippy --all-targets -- -D warnings" >&2
 cargo clippy --all-targets -- -D warnings
 echo "test.sh: cargo test" >&2
 cargo test --all-targets -- "$@"
+# Go suites (tests/kube): Kubernetes' storage conformance suites through kube-apiserver's
+# own etcd3 store, for both Kubernetes versions, against the debug binary cargo test built.
+if ! command -v go >/dev/null; then
+  echo "test.sh: Go 1.26+ is needed for the Kubernetes suites (tests/kube)" >&2
+  exit 1
+fi
+(cd tests/kube && test -z "$(gofmt -l .)" && go vet ./... && go vet -modfile=k8s-1.34.mod -tags k8s134 ./...) \
+  || { echo "test.sh: tests/kube is not gofmt/vet clean" >&2; exit 1; }
+(cd tests/refs && test -z "$(gofmt -l .)" && go vet ./...) \
+  || { echo "test.sh: tests/refs is not gofmt/vet clean" >&2; exit 1; }
+scripts/kube-storage.sh 1.37 netsy
+scripts/kube-storage.sh 1.34 netsy
 echo "test.sh: fuzzing (scripts/fuzz.sh)" >&2
 scripts/fuzz.sh
