@@ -45,5 +45,9 @@ fi
   || { echo "test.sh: tests/refs is not gofmt/vet clean" >&2; exit 1; }
 scripts/kube-storage.sh 1.37 netsy
 scripts/kube-storage.sh 1.34 netsy
+# A real control plane (kube-apiserver, controller-manager, scheduler 1.37) on Netsy, driven
+# by kubectl: on the directory store with mutual TLS, and on LocalStack in plain HTTP.
+scripts/kube-e2e.sh 1.37 dir mtls
+scripts/kube-e2e.sh 1.37 s3 plain
 echo "test.sh: fuzzing (scripts/fuzz.sh)" >&2
 scripts/fuzz.sh
