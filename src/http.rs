@@ -135,7 +135,7 @@ pub fn routes(health: Arc<Health>) -> axum::Router {
             get(|| async {
                 axum::Json(serde_json::json!({
                     "etcdserver": crate::api::maintenance::ETCD_VERSION,
-                    "etcdcluster": "3.5.0",
+                    "etcdcluster": crate::api::maintenance::ETCD_CLUSTER_VERSION,
                 }))
             }),
         )

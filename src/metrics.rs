@@ -432,7 +432,7 @@ mod tests {
             "etcd_mvcc_db_total_size_in_bytes",
             "process_resident_memory_bytes",
             "netsy_chunk_put_duration_seconds",
-            "etcd_server_version{server_version=\"3.5.17\"} 1",
+            "etcd_server_version{server_version=\"3.7.0\"} 1",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

@@ -20,6 +20,10 @@ pub struct Watcher {
     pub range: KeyRange,
     /// The next revision this watcher must see.
     pub next: i64,
+    /// The start revision the client asked for (0: none). As in etcd 3.6+, the watcher
+    /// gets no progress notification while the head is below it: a progress revision
+    /// under the start would tell the client of a revision it did not watch from.
+    pub start_revision: i64,
     pub prev_kv: bool,
     pub no_put: bool,
     pub no_delete: bool,
@@ -52,6 +56,11 @@ pub const MAX_REVISIONS_PER_BATCH: i64 = 1000;
 pub const BATCH_BYTES: usize = 1024 * 1024;
 
 impl Watcher {
+    /// Whether a progress notification at `head` may be sent to this watcher (etcd 3.6+).
+    pub fn progress_allowed(&self, head: i64) -> bool {
+        head >= self.start_revision
+    }
+
     /// Advances the watcher over `state`, returning at most
     /// [`MAX_REVISIONS_PER_BATCH`] revisions and about [`BATCH_BYTES`] of events; call again
     /// until `Idle`.
@@ -172,6 +181,7 @@ mod tests {
             id: 0,
             range: KeyRange::new(Bytes::from(start.to_string()), Bytes::from(end.to_string())),
             next,
+            start_revision: next,
             prev_kv: true,
             no_put: false,
             no_delete: false,

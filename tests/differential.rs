@@ -1113,7 +1113,7 @@ async fn compacted_watch(mut side: Side) -> Vec<WatchResponse> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn periodic_progress_matches_etcd() {
     // Both send progress notifications every second to idle watchers that asked for them.
-    let etcd = Etcd::start_with(&["--experimental-watch-progress-notify-interval", "1s"]).await;
+    let etcd = Etcd::start_with(&[common::etcd_progress_notify_flag(), "1s"]).await;
     let dir = tempfile::tempdir().unwrap();
     let netsy = Netsy::start(
         &format!("file://{}", dir.path().display()),
@@ -1135,7 +1135,8 @@ async fn periodic_progress_matches_etcd() {
             request_union: Some(watch_request::RequestUnion::CreateRequest(
                 WatchCreateRequest {
                     key: b("p"),
-                    start_revision: 3,
+                    // At the head: a watcher starting above it gets no progress (below).
+                    start_revision: 2,
                     progress_notify: true,
                     ..Default::default()
                 },
@@ -1159,4 +1160,70 @@ async fn periodic_progress_matches_etcd() {
         drop(tx);
     }
     assert_eq!(seen[1], seen[0], "netsy (left) differs from etcd (right)");
+}
+
+/// A watcher whose start revision is above the head gets no progress notification, periodic
+/// or requested, until the head reaches it: etcd 3.6+ (3.4 sent them, with a revision below
+/// the watcher's start). Netsy does as 3.6+; against an older etcd only Netsy is checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_progress_below_a_watchers_start_revision() {
+    let etcd = Etcd::start_with(&[common::etcd_progress_notify_flag(), "1s"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let netsy = Netsy::start(
+        &format!("file://{}", dir.path().display()),
+        &["--progress-notify-interval-ms", "1000"],
+    )
+    .await;
+    let current = common::etcd_version() >= (3, 6);
+    let mut sides = vec![Side::connect(&netsy.addr).await];
+    if current {
+        sides.push(Side::connect(&etcd.addr).await);
+    }
+    let mut seen = Vec::new();
+    for s in sides {
+        let mut side = s.clone();
+        side.kv.put(put("p", "1")).await.unwrap(); // head 2
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(WatchRequest {
+            request_union: Some(watch_request::RequestUnion::CreateRequest(
+                WatchCreateRequest {
+                    key: b("p"),
+                    start_revision: 4,
+                    progress_notify: true,
+                    ..Default::default()
+                },
+            )),
+        })
+        .await
+        .unwrap();
+        let mut stream = side
+            .watch
+            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let created = next(&mut stream).await;
+        tx.send(WatchRequest {
+            request_union: Some(watch_request::RequestUnion::ProgressRequest(
+                Default::default(),
+            )),
+        })
+        .await
+        .unwrap();
+        // Three intervals and a progress request: nothing comes.
+        let quiet = tokio::time::timeout(Duration::from_millis(3500), next(&mut stream)).await;
+        assert!(
+            quiet.is_err(),
+            "a progress notification below the start: {quiet:?}"
+        );
+        // Once the head reaches the start (two puts: 3, 4), the event comes.
+        side.kv.put(put("q", "1")).await.unwrap();
+        side.kv.put(put("p", "2")).await.unwrap();
+        let event = next(&mut stream).await;
+        seen.push((created, event));
+        drop(tx);
+    }
+    if current {
+        assert_eq!(seen[0], seen[1], "netsy (left) differs from etcd (right)");
+    }
 }

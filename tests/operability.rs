@@ -101,7 +101,7 @@ async fn metrics_and_health_on_the_client_port() {
     assert_eq!(code, 200);
     let (code, body) = http_get(&n.addr, "/version").await.unwrap();
     assert_eq!(code, 200);
-    assert!(body.contains("\"etcdserver\":\"3.5.17\""), "{body}");
+    assert!(body.contains("\"etcdserver\":\"3.7.0\""), "{body}");
 
     // A watch stream is counted while open.
     let _stream = c.watch("k", None).await.unwrap();

@@ -9,8 +9,13 @@ use futures::Stream;
 use std::pin::Pin;
 use tonic::{Request, Response, Status};
 
-/// The etcd API version Netsy answers as.
-pub const ETCD_VERSION: &str = "3.5.17";
+/// The etcd API version Netsy answers as: 3.7's (RangeStream, and 3.6+'s progress
+/// notifications), which kube-apiserver 1.34+ is built against. kube-apiserver reads it to
+/// decide on watch progress requests (3.4.31+, 3.5.13+).
+pub const ETCD_VERSION: &str = "3.7.0";
+
+/// The cluster version (`/version`'s `etcdcluster`), etcd's major.minor.0.
+pub const ETCD_CLUSTER_VERSION: &str = "3.7.0";
 
 pub struct MaintenanceService {
     ctx: Context,

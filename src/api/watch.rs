@@ -118,7 +118,10 @@ impl StreamTask {
                 }
             };
             let Ok(rev) = self.sync().await else { return };
-            if progress_requested {
+            // As etcd 3.6+, a stream whose watchers do not all start at or below the head
+            // gets no answer to a progress request.
+            let allowed = self.watchers.values().all(|w| w.progress_allowed(rev));
+            if progress_requested && allowed {
                 // Every watcher of this stream has been sent everything up to `rev`.
                 let resp = WatchResponse {
                     header: self.ctx.header(rev),
@@ -210,6 +213,7 @@ impl StreamTask {
             } else {
                 state.revision + 1
             },
+            start_revision: c.start_revision.max(0),
             prev_kv: c.prev_kv,
             no_put: c.filters.contains(&(FilterType::Noput as i32)),
             no_delete: c.filters.contains(&(FilterType::Nodelete as i32)),
@@ -276,6 +280,7 @@ impl StreamTask {
             .watchers
             .values()
             .filter(|w| w.progress_notify && w.next > state.revision)
+            .filter(|w| w.progress_allowed(state.revision))
             .filter(|w| !self.active.contains(&w.id))
             .map(|w| w.id)
             .collect();

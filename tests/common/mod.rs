@@ -192,11 +192,65 @@ pub async fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> 
     netsy::http::get(addr, path).await
 }
 
+/// The etcd the differential suites compare with: `NETSY_TEST_ETCD` (scripts/test.sh runs
+/// them once with Debian's 3.4 and once with 3.7 built from go.etcd.io/etcd), else `etcd`.
+pub fn etcd_bin() -> String {
+    std::env::var("NETSY_TEST_ETCD").unwrap_or_else(|_| "etcd".into())
+}
+
+/// The (major, minor) version of [`etcd_bin`], from `etcd --version`.
+pub fn etcd_version() -> (u32, u32) {
+    let out = std::process::Command::new(etcd_bin())
+        .arg("--version")
+        .output()
+        .expect("etcd is installed (scripts/test.sh installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = text
+        .lines()
+        .find_map(|l| l.strip_prefix("etcd Version: "))
+        .unwrap_or_else(|| panic!("no version in `etcd --version`: {text}"));
+    let mut parts = v.trim().split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// etcd's flag for the watch progress notification interval: experimental before 3.6.
+pub fn etcd_progress_notify_flag() -> &'static str {
+    if etcd_version() >= (3, 6) {
+        "--watch-progress-notify-interval"
+    } else {
+        "--experimental-watch-progress-notify-interval"
+    }
+}
+
+/// The etcdctl the suites run: `NETSY_TEST_ETCDCTL`, else `etcdctl`.
+pub fn etcdctl_bin() -> String {
+    std::env::var("NETSY_TEST_ETCDCTL").unwrap_or_else(|_| "etcdctl".into())
+}
+
+/// The environment etcdctl needs for the v3 API: `ETCDCTL_API=3` for 3.4 (etcdctl 3.5+
+/// speaks only v3 and warns about the variable).
+pub fn etcdctl_env() -> Vec<(&'static str, &'static str)> {
+    static OLD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let old = *OLD.get_or_init(|| {
+        let out = std::process::Command::new(etcdctl_bin())
+            .arg("version")
+            .env("ETCDCTL_API", "3")
+            .output()
+            .expect("etcdctl is installed (scripts/test.sh installs it)");
+        String::from_utf8_lossy(&out.stdout).contains("etcdctl version: 3.4.")
+    });
+    if old {
+        vec![("ETCDCTL_API", "3")]
+    } else {
+        vec![]
+    }
+}
+
 /// Runs etcdctl (v3 API) with `args`; returns (success, stdout, stderr).
 pub fn etcdctl(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new("etcdctl")
+    let out = std::process::Command::new(etcdctl_bin())
         .args(args)
-        .env("ETCDCTL_API", "3")
+        .envs(etcdctl_env())
         .output()
         .expect("etcdctl is installed (scripts/test.sh installs it)");
     (
@@ -219,7 +273,8 @@ impl Drop for Netsy {
     }
 }
 
-/// A real etcd (the Debian `etcd-server` package, 3.4) on free loopback ports.
+/// A real etcd ([`etcd_bin`]: the Debian `etcd-server` package, 3.4, or 3.7) on free
+/// loopback ports.
 pub struct Etcd {
     pub child: std::process::Child,
     pub addr: String,
@@ -245,7 +300,7 @@ impl Etcd {
             };
             let addr = format!("127.0.0.1:{client}");
             let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
-            let child = std::process::Command::new("etcd")
+            let child = std::process::Command::new(etcd_bin())
                 .args([
                     "--name",
                     "diff",
