@@ -8,7 +8,8 @@
 //! to the head holds at least one change, the current keys equal the history folded up, and
 //! every acknowledged lease is alive (or revoked, if its revoke was acknowledged).
 //!
-//! `NETSY_CRASH_CYCLES` sets the number of cycles on the directory store (default 100) and
+//! `NETSY_CRASH_CYCLES` sets the number of cycles on the directory store (default 40, every
+//! crash point reached in turn; more for a longer search) and
 //! `NETSY_CRASH_CYCLES_S3` on LocalStack (default 8).
 
 mod common;
@@ -307,11 +308,14 @@ async fn start(store: &str, flags: &[&str], crash: Option<&str>) -> Option<Netsy
 }
 
 /// Picks this cycle's way to die: a crash point (and which hit of it), or a random kill.
-fn pick_crash(points: &[&str]) -> Option<String> {
+/// Crash points take turns (`turn` counts the cycles that chose one), so every point is
+/// tried as often as the others however few cycles run.
+fn pick_crash(points: &[&str], turn: &mut usize) -> Option<String> {
     if rand::random::<u32>() % 10 < 4 {
         return None;
     }
-    let point = points[rand::random::<u32>() as usize % points.len()];
+    let point = points[*turn % points.len()];
+    *turn += 1;
     let nth = match point {
         "snapshot-before-put" | "snapshot-after-put" => 1,
         "cleanup-after-delete" => 1 + rand::random::<u64>() % 3,
@@ -337,8 +341,9 @@ async fn crash_loop(store: &str, cycles: usize, points: &[&str]) {
     let mut reached: BTreeMap<String, usize> = BTreeMap::new();
     let (mut random_kills, mut not_reached, mut verifications, mut events_read) = (0, 0, 0, 0);
     let started = Instant::now();
+    let mut turn = 0;
     for cycle in 0..cycles {
-        let crash = pick_crash(points);
+        let crash = pick_crash(points, &mut turn);
         let Some(mut n) = start(store, &flags, crash.as_deref()).await else {
             // Only a crash point may end a server before it answers.
             let point = crash.expect("netsy exited while starting without a crash point");
@@ -435,7 +440,7 @@ async fn crash_loop(store: &str, cycles: usize, points: &[&str]) {
         snapshot.acknowledged > 100 * cycles as u64 / 10,
         "too few writes were acknowledged"
     );
-    if cycles >= 50 {
+    if cycles >= 40 {
         for p in points {
             assert!(
                 by_point.contains_key(p),
@@ -458,7 +463,7 @@ async fn file_store_crash_loop() {
     let points = netsy::crashpoint::POINTS;
     crash_loop(
         &format!("file://{}", dir.path().display()),
-        cycles("NETSY_CRASH_CYCLES", 100),
+        cycles("NETSY_CRASH_CYCLES", 40),
         points,
     )
     .await;
