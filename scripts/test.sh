@@ -4,9 +4,14 @@
 # Installs, if missing: LocalStack (pinned, in a Python venv under ~/.cache/netsy, or Docker
 # when an engine answers); etcd 3.4 + etcdctl, curl and openssl (Debian packages
 # etcd-server, etcd-client, curl, openssl: the etcdctl, differential and TLS tests); and
-# just and cargo-fuzz (cargo install --locked). Then starts LocalStack, and runs
-# cargo fmt --check, clippy with -D warnings, every test (unit tests, and behaviour
-# tests against the real binary, LocalStack and etcd), and each fuzz target for 30 s.
+# just and cargo-fuzz (cargo install --locked). Builds from Go modules (Go 1.26+ must be
+# there): etcd 3.7, etcdctl, etcdutl and kine (tests/refs), and kube-apiserver,
+# kube-controller-manager, kube-scheduler and kubectl 1.37 (tests/kube), once per module
+# file, into target/kube. Then starts LocalStack, and runs cargo fmt --check, clippy with
+# -D warnings, every test (unit tests, and behaviour tests against the real binary,
+# LocalStack and etcd 3.4), the etcd comparisons again against etcd 3.7, Kubernetes'
+# storage suites (1.37 and 1.34) and a 1.37 control plane on Netsy, and each fuzz target
+# for 30 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,6 +48,12 @@ fi
   || { echo "test.sh: tests/kube is not gofmt/vet clean" >&2; exit 1; }
 (cd tests/refs && test -z "$(gofmt -l .)" && go vet ./...) \
   || { echo "test.sh: tests/refs is not gofmt/vet clean" >&2; exit 1; }
+# etcd 3.7 (built from go.etcd.io/etcd, what kube-apiserver 1.34+ is built against) as the
+# reference beside Debian's 3.4: the suites that compare Netsy with etcd run again on it.
+refs=$(scripts/kube-build.sh refs)
+echo "test.sh: the etcd comparisons again with etcd and etcdctl 3.7 ($refs)" >&2
+NETSY_TEST_ETCD=$refs/etcd NETSY_TEST_ETCDCTL=$refs/etcdctl \
+  cargo test --test differential --test etcdctl --test limits -- "$@"
 scripts/kube-storage.sh 1.37 netsy
 scripts/kube-storage.sh 1.34 netsy
 # A real control plane (kube-apiserver, controller-manager, scheduler 1.37) on Netsy, driven
