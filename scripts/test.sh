@@ -54,6 +54,8 @@ refs=$(scripts/kube-build.sh refs)
 echo "test.sh: the etcd comparisons again with etcd and etcdctl 3.7 ($refs)" >&2
 NETSY_TEST_ETCD=$refs/etcd NETSY_TEST_ETCDCTL=$refs/etcdctl \
   cargo test --test differential --test etcdctl --test limits -- "$@"
+echo "test.sh: RangeStream against etcd 3.7, message by message (tests/kube/etcdapi)" >&2
+(cd tests/kube && NETSY_BIN="$PWD/../../target/debug/netsy" go test -count=1 ./etcdapi/)
 scripts/kube-storage.sh 1.37 netsy
 scripts/kube-storage.sh 1.34 netsy
 # A real control plane (kube-apiserver, controller-manager, scheduler 1.37) on Netsy, driven
