@@ -45,3 +45,17 @@ kube-apiserver:
 bench *ARGS:
     cargo build --release
     scripts/bench.sh {{ARGS}}
+
+# Kubernetes and etcd 3.7 from Go modules into target/kube: `just kube-build k8s 1.37`, `refs`.
+kube-build *ARGS:
+    scripts/kube-build.sh {{ARGS}}
+
+# Kubernetes' storage conformance suites against netsy, etcd or kine (VERSION 1.37 or 1.34).
+kube-storage VERSION="1.37" TARGET="netsy":
+    cargo build
+    scripts/kube-storage.sh {{VERSION}} {{TARGET}}
+
+# A real control plane on Netsy driven by kubectl (STORE dir or s3, TLS mtls or plain).
+kube-e2e VERSION="1.37" STORE="dir" TLS="mtls":
+    cargo build
+    scripts/kube-e2e.sh {{VERSION}} {{STORE}} {{TLS}}

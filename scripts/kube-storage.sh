@@ -8,7 +8,8 @@
 # VERSION: 1.37 (default) or 1.34. TARGET: netsy (default; NETSY_BIN, else
 # target/debug/netsy), etcd (embedded, the version the apiserver module pins) or kine
 # (SQLite; built by scripts/kube-build.sh refs). Exits non-zero when a test failed.
-# The full `go test -v` output is kept in target/kube/storage-VERSION-TARGET.log.
+# The full `go test -v` output is kept in target/kube/storage-VERSION-TARGET[-LABEL].log
+# (KUBE_STORAGE_LABEL); kine takes KINE_ENDPOINT and KINE_ARGS (tests/kube/storage).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 version=${1:-1.37}
@@ -27,7 +28,7 @@ case "$target" in
   *) echo "kube-storage: unknown target $target (netsy, etcd or kine)" >&2; exit 2 ;;
 esac
 mkdir -p "$here/target/kube"
-log=$here/target/kube/storage-$version-$target.log
+log=$here/target/kube/storage-$version-$target${KUBE_STORAGE_LABEL:+-$KUBE_STORAGE_LABEL}.log
 cd "$here/tests/kube"
 echo "kube-storage: Kubernetes $version storage suites against $target" >&2
 status=0

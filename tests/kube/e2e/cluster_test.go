@@ -117,6 +117,7 @@ type cluster struct {
 	apiAddr    string
 	kubeconfig string
 	token      string
+	certs      certFiles
 }
 
 func freeAddr(t *testing.T) string {
@@ -134,6 +135,7 @@ func startCluster(t *testing.T) *cluster {
 	dir := t.TempDir()
 	c := &cluster{cfg: cfg, dir: dir, netsyAddr: freeAddr(t), apiAddr: freeAddr(t), token: "e2e-admin-token"}
 	certs := writeCerts(t, dir)
+	c.certs = certs
 	c.netsyArgs = []string{"serve", "--name", "e2e", "--listen-client-addr", c.netsyAddr}
 	switch cfg.store {
 	case "dir":
@@ -288,6 +290,29 @@ func (c *cluster) get(path string) (int, string, error) {
 	defer func() { _ = resp.Body.Close() }()
 	body, err := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(body), err
+}
+
+// netsyMetrics reads Netsy's /metrics on its client port (with the client certificate
+// when it requires one).
+func (c *cluster) netsyMetrics(t *testing.T) string {
+	scheme, tlsConfig := "http", &tls.Config{}
+	if c.cfg.mtls {
+		scheme = "https"
+		cert, err := tls.LoadX509KeyPair(c.certs.clientCert, c.certs.clientKey)
+		must(t, err)
+		pool := x509.NewCertPool()
+		ca, err := os.ReadFile(c.certs.ca)
+		must(t, err)
+		pool.AppendCertsFromPEM(ca)
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool}
+	}
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsConfig}}
+	resp, err := client.Get(scheme + "://" + c.netsyAddr + "/metrics")
+	must(t, err)
+	defer func() { _ = resp.Body.Close() }()
+	body, err := io.ReadAll(resp.Body)
+	must(t, err)
+	return string(body)
 }
 
 func (c *cluster) waitReady(t *testing.T, timeout time.Duration) {

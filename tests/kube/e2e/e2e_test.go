@@ -212,6 +212,10 @@ func TestKubernetes(t *testing.T) {
 		if !hasPositive(metrics, `apiserver_watch_cache_consistent_read_total{fallback="false"`, `success="true"`) {
 			t.Errorf("no consistent read served from the watch cache:\n%s", grepLines(metrics, "apiserver_watch_cache_consistent_read_total"))
 		}
+		// ... and so it asks Netsy for watch progress to know its cache is fresh.
+		if netsy := c.netsyMetrics(t); !hasPositive(netsy, `netsy_watch_progress_requests_total{outcome="answered"}`) {
+			t.Errorf("kube-apiserver sent Netsy no watch progress request:\n%s", grepLines(netsy, "netsy_watch_progress_requests_total"))
+		}
 		// WatchList: informers' initial lists streamed as watch events.
 		if !hasPositive(metrics, "apiserver_watch_list_duration_seconds_count") {
 			t.Errorf("no WatchList request served:\n%s", grepLines(metrics, "apiserver_watch_list"))

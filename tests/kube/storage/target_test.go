@@ -112,11 +112,21 @@ func kineBin(t testing.TB) string {
 	return bin
 }
 
-// startKine starts kine on a fresh SQLite database.
+// startKine starts kine on a fresh database: KINE_ENDPOINT (default SQLite) with {dir}
+// replaced by a fresh directory, plus KINE_ARGS (split on spaces, {prefix} replaced by a
+// fresh name), e.g. KINE_ENDPOINT='t4://{dir}/t4' KINE_ARGS='--s3-bucket b --s3-folder
+// {prefix} --s3-endpoint http://127.0.0.1:4566' for its t4 backend on S3.
 func startKine(t testing.TB, opts targetOptions) string {
 	dir := t.TempDir()
-	args := []string{"--metrics-bind-address", "0",
-		"--endpoint", "sqlite://" + filepath.Join(dir, "state.db") + "?_journal=WAL&cache=shared&_busy_timeout=30000&_txlock=immediate"}
+	endpoint := os.Getenv("KINE_ENDPOINT")
+	if endpoint == "" {
+		endpoint = "sqlite://{dir}/state.db?_journal=WAL&cache=shared&_busy_timeout=30000&_txlock=immediate"
+	}
+	args := []string{"--metrics-bind-address", "0", "--endpoint", strings.ReplaceAll(endpoint, "{dir}", dir)}
+	prefix := fmt.Sprintf("kine-%d", time.Now().UnixNano())
+	for _, a := range strings.Fields(os.Getenv("KINE_ARGS")) {
+		args = append(args, strings.ReplaceAll(a, "{prefix}", prefix))
+	}
 	if opts.progressNotify > 0 {
 		args = append(args, "--watch-progress-notify-interval", opts.progressNotify.String())
 	}
