@@ -263,9 +263,15 @@ func watchAcrossRestartAndCompaction(t *testing.T, c *cluster) {
 		}
 	}()
 	next := 0
+	// Right after Netsy's restart kube-apiserver may still be reconnecting: a create is
+	// retried as a client would, and one whose first answer was lost finds it exists.
 	create := func(n int) {
 		for i := 0; i < n; i++ {
-			c.kubectl(t, "-n", "watched", "create", "configmap", fmt.Sprintf("w-%03d", next))
+			name := fmt.Sprintf("w-%03d", next)
+			eventually(t, 60*time.Second, "create configmap "+name, func() (bool, string) {
+				out, err := c.kubectlErr("-n", "watched", "create", "configmap", name)
+				return err == nil || strings.Contains(out, "AlreadyExists"), out
+			})
 			next++
 		}
 	}
