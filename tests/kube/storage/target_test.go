@@ -1,8 +1,8 @@
 package storage
 
 // The datastore under test. KUBE_STORAGE_TARGET picks it: "netsy" (the default: a
-// `netsy serve` process on a fresh directory store per test, NETSY_BIN names the
-// binary), "etcd" (an embedded etcd server from go.etcd.io/etcd/server/v3, the reference
+// `netsy serve` process on a fresh directory store per test, or on a fresh LocalStack
+// prefix with NETSY_STORAGE_S3=1; NETSY_BIN names the binary), "etcd" (an embedded etcd server from go.etcd.io/etcd/server/v3, the reference
 // the upstream suite runs against) or "kine" (a `kine` process, KINE_BIN, on a fresh
 // SQLite file per test). Every test gets a store of its own, as upstream's do.
 
@@ -33,6 +33,8 @@ type targetOptions struct {
 	// progressNotify is the interval of watch progress notifications (0: the server's
 	// default).
 	progressNotify time.Duration
+	// extra flags of the server.
+	extra []string
 }
 
 func targetName() string {
@@ -97,7 +99,17 @@ func netsyBin(t testing.TB) string {
 // startNetsy starts `netsy serve` on a fresh directory store and waits until it serves.
 func startNetsy(t testing.TB, opts targetOptions) string {
 	dir := t.TempDir()
-	args := []string{"serve", "--store", filepath.Join(dir, "store"), "--name", "storage-suite"}
+	store := filepath.Join(dir, "store")
+	if os.Getenv("NETSY_STORAGE_S3") != "" {
+		// LocalStack (scripts/localstack.sh), a fresh prefix per test.
+		store = fmt.Sprintf("s3://netsy-test/storage-suite-%d", time.Now().UnixNano())
+		args := []string{"--s3-endpoint", "http://127.0.0.1:4566", "--s3-force-path-style"}
+		t.Setenv("AWS_ACCESS_KEY_ID", "test")
+		t.Setenv("AWS_SECRET_ACCESS_KEY", "test")
+		t.Setenv("AWS_REGION", "us-east-1")
+		opts.extra = args
+	}
+	args := append([]string{"serve", "--store", store, "--name", "storage-suite"}, opts.extra...)
 	if opts.progressNotify > 0 {
 		args = append(args, "--progress-notify-interval-ms", strconv.Itoa(int(opts.progressNotify/time.Millisecond)))
 	}
@@ -113,8 +125,9 @@ func kineBin(t testing.TB) string {
 }
 
 // startKine starts kine on a fresh database: KINE_ENDPOINT (default SQLite) with {dir}
-// replaced by a fresh directory, plus KINE_ARGS (split on spaces, {prefix} replaced by a
-// fresh name), e.g. KINE_ENDPOINT='t4://{dir}/t4' KINE_ARGS='--s3-bucket b --s3-folder
+// replaced by a fresh directory and {prefix} by a fresh name (a database, a bucket
+// folder) and {natsconf} by the configuration of an embedded NATS server storing in the
+// directory, plus KINE_ARGS (split on spaces, {prefix} replaced too), e.g. KINE_ENDPOINT='t4://{dir}/t4' KINE_ARGS='--s3-bucket b --s3-folder
 // {prefix} --s3-endpoint http://127.0.0.1:4566' for its t4 backend on S3.
 func startKine(t testing.TB, opts targetOptions) string {
 	dir := t.TempDir()
@@ -122,8 +135,18 @@ func startKine(t testing.TB, opts targetOptions) string {
 	if endpoint == "" {
 		endpoint = "sqlite://{dir}/state.db?_journal=WAL&cache=shared&_busy_timeout=30000&_txlock=immediate"
 	}
-	args := []string{"--metrics-bind-address", "0", "--endpoint", strings.ReplaceAll(endpoint, "{dir}", dir)}
-	prefix := fmt.Sprintf("kine-%d", time.Now().UnixNano())
+	prefix := fmt.Sprintf("kine_%d", time.Now().UnixNano())
+	if strings.Contains(endpoint, "{natsconf}") {
+		// An embedded NATS server of its own: JetStream in this test's directory.
+		conf := filepath.Join(dir, "nats.conf")
+		body := fmt.Sprintf("listen: 127.0.0.1:-1\njetstream {\n  store_dir: %q\n}\n", filepath.Join(dir, "jetstream"))
+		if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		endpoint = strings.ReplaceAll(endpoint, "{natsconf}", conf)
+	}
+	endpoint = strings.ReplaceAll(strings.ReplaceAll(endpoint, "{dir}", dir), "{prefix}", prefix)
+	args := []string{"--metrics-bind-address", "0", "--endpoint", endpoint}
 	for _, a := range strings.Fields(os.Getenv("KINE_ARGS")) {
 		args = append(args, strings.ReplaceAll(a, "{prefix}", prefix))
 	}
