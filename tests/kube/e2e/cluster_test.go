@@ -24,6 +24,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"netsy.test/kube/internal/servers"
 )
 
 // config is what the environment chooses (scripts/kube-e2e.sh sets it).
@@ -120,20 +122,11 @@ type cluster struct {
 	certs      certFiles
 }
 
-func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = l.Close() }()
-	return l.Addr().String()
-}
-
 // startCluster brings the control plane up and tears it down at the end of the test.
 func startCluster(t *testing.T) *cluster {
 	cfg := loadConfig(t)
 	dir := t.TempDir()
-	c := &cluster{cfg: cfg, dir: dir, netsyAddr: freeAddr(t), apiAddr: freeAddr(t), token: "e2e-admin-token"}
+	c := &cluster{cfg: cfg, dir: dir, netsyAddr: servers.FreeAddr(t), apiAddr: servers.FreeAddr(t), token: "e2e-admin-token"}
 	certs := writeCerts(t, dir)
 	c.certs = certs
 	c.netsyArgs = []string{"serve", "--name", "e2e", "--listen-client-addr", c.netsyAddr}

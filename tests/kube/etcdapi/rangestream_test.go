@@ -7,10 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"net/url"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -19,78 +15,21 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
-	"go.uber.org/zap/zapcore"
-	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"netsy.test/kube/internal/servers"
 )
 
-func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = l.Close() }()
-	return l.Addr().String()
-}
-
-// startNetsy runs `netsy serve` (NETSY_BIN, else the debug build) on a fresh directory store;
-// maxRequestBytes is its --max-request-bytes.
+// startNetsy runs `netsy serve` on a fresh directory store with --max-request-bytes.
 func startNetsy(t *testing.T, maxRequestBytes int) string {
-	bin := os.Getenv("NETSY_BIN")
-	if bin == "" {
-		bin, _ = filepath.Abs("../../../target/debug/netsy")
-	}
-	dir := t.TempDir()
-	addr := freeAddr(t)
-	logPath := filepath.Join(dir, "netsy.log")
-	log, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "serve", "--store", filepath.Join(dir, "store"), "--listen-client-addr", addr,
+	return servers.StartNetsy(t, "--store", filepath.Join(t.TempDir(), "store"),
 		"--max-request-bytes", fmt.Sprint(maxRequestBytes))
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); _ = log.Close() })
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		b, _ := os.ReadFile(logPath)
-		if strings.Contains(string(b), "serving etcd v3 API") {
-			return addr
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("netsy did not start:\n%s", b)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
-// startEtcd runs an embedded etcd (the go.etcd.io/etcd/server/v3 this module pins).
+// startEtcd runs an embedded etcd with --max-request-bytes.
 func startEtcd(t *testing.T, maxRequestBytes int) string {
-	cfg := embed.NewConfig()
-	cfg.UnsafeNoFsync = true
-	client := url.URL{Scheme: "http", Host: freeAddr(t)}
-	peer := url.URL{Scheme: "http", Host: freeAddr(t)}
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{client}, []url.URL{client}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}
-	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
-	cfg.Dir = t.TempDir()
-	cfg.MaxRequestBytes = uint(maxRequestBytes)
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zaptest.NewLogger(t, zaptest.Level(zapcore.ErrorLevel)))
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	select {
-	case <-e.Server.ReadyNotify():
-	case <-time.After(60 * time.Second):
-		t.Fatal("etcd did not start")
-	}
-	return client.Host
+	return servers.StartEtcd(t, func(cfg *embed.Config) { cfg.MaxRequestBytes = uint(maxRequestBytes) })
 }
 
 type side struct {
