@@ -118,17 +118,18 @@ impl StreamTask {
                 }
             };
             let Ok(rev) = self.sync().await else { return };
+            if !progress_requested {
+                continue;
+            }
             // As etcd 3.6+, a stream whose watchers do not all start at or below the head
             // gets no answer to a progress request.
             let allowed = self.watchers.values().all(|w| w.progress_allowed(rev));
-            if progress_requested {
-                let outcome = if allowed { "answered" } else { "withheld" };
-                METRICS
-                    .progress_requests
-                    .with_label_values(&[outcome])
-                    .inc();
-            }
-            if progress_requested && allowed {
+            let outcome = if allowed { "answered" } else { "withheld" };
+            METRICS
+                .progress_requests
+                .with_label_values(&[outcome])
+                .inc();
+            if allowed {
                 // Every watcher of this stream has been sent everything up to `rev`.
                 let resp = WatchResponse {
                     header: self.ctx.header(rev),
