@@ -375,8 +375,11 @@ async fn crash_loop(store: &str, cycles: usize, points: &[&str]) {
         let writers: Vec<_> = (0..8)
             .map(|w| tokio::spawn(writer(n.addr.clone(), ledger.clone(), cycle, w)))
             .collect();
-        let limit = match crash {
+        let limit = match crash.as_deref() {
             None => Duration::from_millis(50 + rand::random::<u64>() % 850),
+            // A clean-up runs only once a snapshot is older than the grace period (12 s):
+            // long enough for one taken in this very cycle, so every turn can reach it.
+            Some(p) if p.starts_with("cleanup-after-delete") => Duration::from_secs(16),
             Some(_) => Duration::from_secs(3),
         };
         let until = Instant::now() + limit;
