@@ -41,6 +41,16 @@ impl KvService {
         Ok(())
     }
 
+    /// The state a read is answered from: the published one when serializable, else only
+    /// under a valid leader lease (`etcdserver: no leader` otherwise).
+    fn read_state(&self, serializable: bool) -> Result<std::sync::Arc<crate::mvcc::State>, Status> {
+        if serializable {
+            Ok(self.ctx.log.state())
+        } else {
+            Ok(self.ctx.log.linearizable_state()?)
+        }
+    }
+
     /// Completes the top-level header only: etcd leaves the per-op headers with just the
     /// revision the engine put there.
     fn fill_txn(&self, t: &mut TxnResponse) {
@@ -59,11 +69,7 @@ impl Kv for KvService {
     ) -> Result<GrpcResponse<Self::RangeStreamStream>, Status> {
         let r = request.into_inner();
         validate::range_stream(&r)?;
-        let state = if r.serializable {
-            self.ctx.log.state()
-        } else {
-            self.ctx.log.linearizable_state()?
-        };
+        let state = self.read_state(r.serializable)?;
         let rev = state.check_revision(r.revision)?;
         // As Range's, the header carries the store's current revision.
         let header = self.ctx.header(state.revision);
@@ -85,11 +91,7 @@ impl Kv for KvService {
     ) -> Result<GrpcResponse<RangeResponse>, Status> {
         let r = request.into_inner();
         validate::range(&r)?;
-        let state = if r.serializable {
-            self.ctx.log.state()
-        } else {
-            self.ctx.log.linearizable_state()?
-        };
+        let state = self.read_state(r.serializable)?;
         let mut resp = state.range(&r, None)?;
         // The header carries the store's current revision, whatever revision was read.
         resp.header = self.ctx.header(state.revision);
@@ -138,11 +140,7 @@ impl Kv for KvService {
         let mut resp = if txn_is_read_only(&t) {
             // Evaluated on a private copy of the published state: no writer involved. As in
             // etcd, it is linearizable unless every range in it is serializable.
-            let state = if txn_is_serializable(&t) {
-                self.ctx.log.state()
-            } else {
-                self.ctx.log.linearizable_state()?
-            };
+            let state = self.read_state(txn_is_serializable(&t))?;
             let mut state = (*state).clone();
             state.txn(&t)?.response
         } else {

@@ -39,11 +39,7 @@ pub fn range_stream(r: &RangeRequest) -> Result<(), Status> {
             "RangeStream does not support custom sort orders",
         ));
     }
-    if r.min_mod_revision != 0
-        || r.max_mod_revision != 0
-        || r.min_create_revision != 0
-        || r.max_create_revision != 0
-    {
+    if crate::mvcc::has_revision_filters(r) {
         return Err(Status::unimplemented(
             "RangeStream does not support revision filters",
         ));

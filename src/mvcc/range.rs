@@ -77,10 +77,7 @@ impl State {
             // etcd sorts ascending by the target when a non-key target is given alone.
             sort_order = range_request::SortOrder::Ascend;
         }
-        let filtered = r.min_mod_revision != 0
-            || r.max_mod_revision != 0
-            || r.min_create_revision != 0
-            || r.max_create_revision != 0;
+        let filtered = has_revision_filters(r);
         let keep = |v: &super::Version| {
             (r.min_mod_revision == 0 || v.mod_revision >= r.min_mod_revision)
                 && (r.max_mod_revision == 0 || v.mod_revision <= r.max_mod_revision)
@@ -165,9 +162,7 @@ impl State {
             count,
         })
     }
-}
 
-impl State {
     /// Up to `limit` live keys of `range` at `rev` in key order, and whether another live
     /// key of the range follows them: one chunk of a streamed range.
     pub fn range_page(
@@ -190,6 +185,15 @@ impl State {
     pub fn count_live(&self, range: &KeyRange, rev: i64) -> i64 {
         self.live_in(range, rev).count() as i64
     }
+}
+
+/// Whether a Range asks for only some mod/create revisions (filters etcd applies after
+/// counting).
+pub fn has_revision_filters(r: &RangeRequest) -> bool {
+    r.min_mod_revision != 0
+        || r.max_mod_revision != 0
+        || r.min_create_revision != 0
+        || r.max_create_revision != 0
 }
 
 /// Live keys of `keys` in `range` at `rev`, for deletes and compares.
