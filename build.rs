@@ -7,6 +7,7 @@ use std::path::PathBuf;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/netsy.proto",
+        "proto/peer.proto",
         "proto/etcd/kv.proto",
         "proto/etcd/rpc.proto",
     ];

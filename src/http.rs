@@ -13,7 +13,7 @@ use crate::tls::Reloader;
 use axum::response::IntoResponse;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -46,7 +46,6 @@ impl Phase {
 #[derive(Default)]
 pub struct Health {
     phase: AtomicU8,
-    leading: AtomicBool,
     ctx: OnceLock<Context>,
 }
 
@@ -68,29 +67,31 @@ impl Health {
         }
     }
 
-    pub fn set_leading(&self, leading: bool) {
-        self.leading.store(leading, Ordering::SeqCst);
-    }
-
     pub fn set_context(&self, ctx: Context) {
         let _ = self.ctx.set(ctx);
     }
 
-    /// Ready: the bucket is replayed and reads are served.
+    /// Ready: the bucket is replayed, and the node leads or follows a leader it has caught
+    /// up with, so every request is answered.
     fn ready(&self) -> Result<(), String> {
         match self.phase() {
-            Phase::Serving => Ok(()),
+            Phase::Serving => self.has_leader(),
             p => Err(p.name().to_string()),
         }
     }
 
-    /// Healthy: ready, and writes can be committed (this node holds the leader lease).
+    /// Healthy: ready (writes can be committed: this node leads, or forwards to the leader).
     fn healthy(&self) -> Result<(), String> {
-        self.ready()?;
-        if self.leading.load(Ordering::SeqCst) {
-            Ok(())
-        } else {
-            Err("no leader: this node lost the leader lease and is waiting to lead again".into())
+        self.ready()
+    }
+
+    fn has_leader(&self) -> Result<(), String> {
+        match self.ctx.get().map(|c| c.node.leader_id()) {
+            Some(id) if id != 0 => Ok(()),
+            _ => Err(
+                "no leader: this node neither holds the leader lease nor follows a node that does"
+                    .into(),
+            ),
         }
     }
 }

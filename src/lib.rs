@@ -2,12 +2,14 @@
 //!
 //! See ARCHITECTURE.md for the map: `format` (the .netsy file), `store` (object stores),
 //! `mvcc` (the in-memory multi-version state), `log` (group commit, recovery, leadership),
-//! `lease` and `watch` (runtime parts of those etcd features), `api` (the gRPC services),
+//! `lease` and `watch` (runtime parts of those etcd features), `cluster` (followers, forwarding,
+//! roles), `api` (the gRPC services),
 //! `server` (wiring), `inspect` (the CLI's file viewer).
 
 pub mod api;
 pub mod bench;
 pub mod clock;
+pub mod cluster;
 pub mod coalesce;
 pub mod crashpoint;
 pub mod format;

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub grpc_seconds: HistogramVec,
     pub batch_records: Histogram,
     pub batch_requests: Histogram,
+    pub read_index_batch: Histogram,
+    pub follower_applied: IntCounterVec,
     pub chunk_bytes: Histogram,
     pub chunk_put_seconds: Histogram,
     pub chunk_put_failures: IntCounterVec,
@@ -102,9 +104,9 @@ impl Metrics {
             .with_label_values(&[crate::api::maintenance::ETCD_VERSION])
             .set(1);
         Self {
-            has_leader: gauge(r, "etcd_server_has_leader", "1 while a writer holds the leader lease and this node can reach it (single node: 1 while this node leads)."),
+            has_leader: gauge(r, "etcd_server_has_leader", "1 while this node leads or follows a leader it can reach."),
             is_leader: gauge(r, "etcd_server_is_leader", "1 while this node holds the leader lease and writes the log."),
-            leader_changes: counter(r, "etcd_server_leader_changes_seen_total", "Times this node started leading."),
+            leader_changes: counter(r, "etcd_server_leader_changes_seen_total", "Times this node saw a new leader (itself or another node)."),
             proposals_committed: gauge(r, "etcd_server_proposals_committed_total", "Revision of the last committed write (Netsy's counterpart of the raft index)."),
             proposals_applied: gauge(r, "etcd_server_proposals_applied_total", "Revision of the last applied write (equal to committed: a write is applied when its chunk is durable)."),
             proposals_failed: counter(r, "etcd_server_proposals_failed_total", "Write requests that failed after reaching the writer (store errors, fencing, lease loss)."),
@@ -122,6 +124,8 @@ impl Metrics {
             grpc_seconds: reg(r, HistogramVec::new(HistogramOpts::new("grpc_server_handling_seconds", "Time from request to the end of the response (streams: their whole life).").buckets(latency_buckets()), &grpc_labels).expect("valid")),
             batch_records: histogram(r, "netsy_commit_batch_records", "Records in one committed chunk.", exponential_buckets(1.0, 2.0, 15).expect("valid")),
             batch_requests: histogram(r, "netsy_commit_batch_requests", "Write requests group-committed in one chunk.", exponential_buckets(1.0, 2.0, 15).expect("valid")),
+            read_index_batch: histogram(r, "netsy_read_index_batch_reads", "Linearizable reads a follower answered with one read-index round trip to the leader.", exponential_buckets(1.0, 2.0, 15).expect("valid")),
+            follower_applied: reg(r, IntCounterVec::new(Opts::new("netsy_follower_chunks_applied_total", "Chunks a follower applied, by where it got them: stream (the leader pushed it) or bucket (read by position)."), &["source"]).expect("valid")),
             chunk_bytes: histogram(r, "netsy_chunk_bytes", "Encoded size of a committed chunk.", exponential_buckets(256.0, 4.0, 10).expect("valid")),
             chunk_put_seconds: histogram(r, "netsy_chunk_put_duration_seconds", "Latency of the conditional PUT of a chunk (Netsy's WAL fsync).", latency_buckets()),
             chunk_put_failures: reg(r, IntCounterVec::new(Opts::new("netsy_chunk_put_failures_total", "Chunk PUTs that failed, by reason: conflict (another writer), lease_expired, transient, error."), &["reason"]).expect("valid")),
@@ -165,14 +169,11 @@ impl Metrics {
         }
     }
 
-    pub fn set_leading(&self, term: Option<u64>) {
-        let leading = term.is_some() as i64;
-        self.has_leader.set(leading);
-        self.is_leader.set(leading);
-        self.leader_term.set(term.unwrap_or(0) as i64);
-        if leading == 1 {
-            self.leader_changes.inc();
-        }
+    /// This node's role: leading (with its term), following a leader, or neither.
+    pub fn set_role(&self, leading: Option<u64>, has_leader: bool) {
+        self.has_leader.set(has_leader as i64);
+        self.is_leader.set(leading.is_some() as i64);
+        self.leader_term.set(leading.unwrap_or(0) as i64);
     }
 }
 

@@ -7,6 +7,11 @@ pub mod netsy {
     tonic::include_proto!("netsy.v1");
 }
 
+/// Netsy's peer protocol (followers and the leader).
+pub mod peer {
+    tonic::include_proto!("netsy.peer.v1");
+}
+
 /// etcd's storage messages (`mvccpb`).
 pub mod mvccpb {
     tonic::include_proto!("mvccpb");

@@ -6,19 +6,21 @@
 //! supervisor rejects writes, waits for the lease again, reloads and carries on.
 
 use crate::api::{self, Context, Ids, Limits};
+use crate::cluster::role::{Renewing, RoleLoop, Settings, Start};
+use crate::cluster::{Member, Node};
 use crate::http::{self, Health, Phase};
 use crate::lease::Lessor;
-use crate::log::leader::{Leader, LeaderError, LeaderTiming};
+use crate::log::leader::{Identity, Leader, LeaderError, LeaderTiming};
 use crate::log::recovery::recover_cluster;
-use crate::log::snapshot::{self, SnapshotPolicy};
-use crate::log::{run_writer, Log, Queue, WriteError, WriterConfig, WriterExit};
+use crate::log::snapshot::SnapshotPolicy;
+use crate::log::{Log, WriterConfig};
 use crate::metrics::{GrpcMetricsLayer, METRICS};
 use crate::proto::etcdserverpb;
-use crate::store::{self, DynStore, StoreOptions};
+use crate::store::{self, StoreOptions};
 use crate::tls::{Reloader, TlsFiles};
 use anyhow::Context as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -116,27 +118,84 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         "store opened, client port bound"
     );
 
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let me = Member {
+        id: id_of(&format!("{}@{}", config.name, local)),
+        name: config.name.clone(),
+        client_urls: if config.advertise_client_urls.is_empty() {
+            vec![format!("{scheme}://{local}")]
+        } else {
+            config.advertise_client_urls.clone()
+        },
+    };
+    let holder = format!("{}-{:08x}", config.name, rand::random::<u32>());
+    let identity = Identity {
+        member_id: me.id,
+        name: me.name.clone(),
+        client_urls: me.client_urls.clone(),
+    };
+
+    // A free lease (a new bucket, or a leader that released it) is taken before the
+    // replay, so the replay sees every chunk a previous leader could have acknowledged.
+    // A held one means another node leads: replay without it and follow that node.
     health.set_phase(Phase::WaitingForLease);
     let lease_started = Instant::now();
-    let holder = format!("{}-{:08x}", config.name, rand::random::<u32>());
-    let leader = match Leader::acquire(store.clone(), &holder, config.leader, &shutdown).await {
-        Ok(l) => l,
-        Err(LeaderError::Shutdown) => return Ok(()),
-        Err(e) => return Err(e).context("acquiring the leader lease"),
+    let view = match Leader::read(&store).await {
+        Ok(v) => v,
+        Err(e) => return Err(e).context("reading the leader lease"),
     };
-    tracing::info!(
-        phase = "leader",
-        holder,
-        term = leader.term(),
-        duration_ms = lease_started.elapsed().as_millis() as u64,
-        "leader lease acquired"
-    );
-    let renewing = Renewing::start(&leader);
+    let mut lead = None;
+    if view.as_ref().is_none_or(|v| v.released) {
+        let acquire = Leader::acquire(store.clone(), &holder, &identity, config.leader, &shutdown);
+        // Another node starting at the same moment may win it: then follow that one.
+        match tokio::time::timeout(config.leader.duration / 5, acquire).await {
+            Ok(Ok(l)) => lead = Some(l),
+            Ok(Err(LeaderError::Shutdown)) => return Ok(()),
+            Ok(Err(e)) => return Err(e).context("acquiring the leader lease"),
+            Err(_) => {}
+        }
+    }
+    let (cluster_id_hint, renewing) = match &lead {
+        Some(leader) => {
+            tracing::info!(
+                phase = "leader",
+                holder,
+                term = leader.term(),
+                duration_ms = lease_started.elapsed().as_millis() as u64,
+                "leader lease acquired"
+            );
+            (leader.cluster_id(), Some(Renewing::start(leader)))
+        }
+        None => {
+            // The leader records the bucket's cluster id in the lease once it has replayed;
+            // a follower replays against it (a bucket with no objects yet carries none).
+            let deadline = Instant::now() + config.leader.duration + config.leader.margin;
+            let mut current = Leader::read(&store).await.ok().flatten();
+            while current
+                .as_ref()
+                .is_some_and(|v| v.cluster_id == 0 && !v.released)
+                && Instant::now() < deadline
+                && !shutdown.is_cancelled()
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                current = Leader::read(&store).await.ok().flatten();
+            }
+            tracing::info!(
+                phase = "follower",
+                leader = current.as_ref().map(|v| v.holder.as_str()),
+                term = current.as_ref().map(|v| v.term),
+                "another node holds the leader lease: replaying, then following it"
+            );
+            (current.map_or(0, |v| v.cluster_id), None)
+        }
+    };
     health.set_phase(Phase::Replaying);
-    let recovered = match recover_cluster(store.as_ref(), leader.cluster_id()).await {
+    let recovered = match recover_cluster(store.as_ref(), cluster_id_hint).await {
         Ok(recovered) => recovered,
         Err(e) => {
-            renewing.stop().await;
+            if let Some(r) = renewing {
+                r.stop().await;
+            }
             return Err(e).context("recovering from the bucket");
         }
     };
@@ -158,15 +217,12 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         METRICS.snapshot_taken(*rev, ms);
     }
 
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let term = Arc::new(AtomicU64::new(leader.term()));
+    let term = Arc::new(AtomicU64::new(lead.as_ref().map_or(0, |l| l.term())));
     // The cluster id is the bucket's: kept in the lease object and every file from now on.
     let cluster_id = recovered.cluster_id;
-    leader.set_cluster_id(cluster_id);
     let mut config = config;
     config.writer.cluster_id = cluster_id;
-    let (log, queue) = Log::new(recovered.state, 10_000);
-    log.set_leader(Some(leader.clone()));
+    let (log, queue) = Log::new(recovered.state, recovered.next, 10_000);
     log.quota().set_limit(config.limits.quota_backend_bytes);
     // etcd keeps the alarm in its backend; here it is recomputed from the state at start.
     let state = log.state();
@@ -178,16 +234,13 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             "the data exceeds the space quota; NOSPACE alarm raised"
         );
     }
+    let node = Node::new(me.clone());
     let lessor = Arc::new(Lessor::default());
     let ids = Ids {
         cluster_id,
-        member_id: id_of(&format!("{}@{}", config.name, local)),
+        member_id: me.id,
         name: config.name.clone(),
-        client_urls: if config.advertise_client_urls.is_empty() {
-            vec![format!("{scheme}://{local}")]
-        } else {
-            config.advertise_client_urls.clone()
-        },
+        client_urls: me.client_urls.clone(),
         term: term.clone(),
     };
     let ctx = Context {
@@ -195,33 +248,59 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         ids,
         limits: config.limits,
         lessor: lessor.clone(),
+        node: node.clone(),
     };
 
-    let writer_stop = CancellationToken::new();
-    let supervisor = tokio::spawn(supervise(
-        log.clone(),
-        queue,
-        store.clone(),
-        leader,
-        renewing,
-        holder,
-        config.clone(),
-        recovered.next,
-        recovered.snapshot.as_ref().map(|s| s.1),
-        term,
-        lessor.clone(),
-        health.clone(),
-        writer_stop.clone(),
-    ));
-    let expiry = {
-        let (lessor, log, stop) = (lessor.clone(), log.clone(), writer_stop.clone());
-        tokio::spawn(async move { lessor.run_expiry(log, stop).await })
+    let start = match (lead, renewing) {
+        (Some(leader), Some(renewing)) => {
+            if leader.cluster_id() == 0 {
+                // Followers learn the cluster id from the lease: record it now, not at the
+                // next renewal.
+                leader.set_cluster_id(cluster_id);
+                if let Err(e) = leader.renew().await {
+                    tracing::warn!(error = %e, "recording the cluster id in the leader lease failed; the next renewal retries");
+                }
+            }
+            log.set_leader(Some(leader.clone()));
+            node.set_role(crate::cluster::Role::Leading {
+                term: leader.term(),
+            });
+            Start::Leading {
+                leader,
+                renewing,
+                last_snapshot: recovered.snapshot.as_ref().map(|s| s.1),
+            }
+        }
+        _ => Start::Following,
     };
+    let writer_stop = CancellationToken::new();
+    let roles = tokio::spawn(
+        RoleLoop {
+            node: node.clone(),
+            log: log.clone(),
+            queue,
+            store: store.clone(),
+            settings: Settings {
+                holder,
+                identity,
+                timing: config.leader,
+                writer: config.writer.clone(),
+                snapshots: config.snapshots.clone(),
+                orphan_lease_ttl: config.orphan_lease_ttl,
+            },
+            term: term.clone(),
+            lessor: lessor.clone(),
+            stop: writer_stop.clone(),
+        }
+        .run(start),
+    );
 
     // Keys must not be served with a lease that does not exist yet (Go Netsy buckets): the
-    // orphans are granted before the port answers. (The supervisor repeats this after a
-    // reload; a lease granted twice is reported as existing and skipped.)
-    lessor.adopt_orphans(&log, config.orphan_lease_ttl).await;
+    // orphans are granted before the port answers. (The role loop repeats this whenever it
+    // starts leading; a lease granted twice is reported as existing and skipped.)
+    if node.is_leading() {
+        lessor.adopt_orphans(&log, config.orphan_lease_ttl).await;
+    }
     let app = grpc_routes(&ctx, &config, shutdown.clone())
         .await?
         .layer(GrpcMetricsLayer)
@@ -256,10 +335,9 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         Err(_) => tracing::warn!("in-flight requests did not finish in time"),
     }
     writer_stop.cancel();
-    let _ = expiry.await;
     // Releasing the lease is one conditional PUT; bounded so a dead store cannot hold
     // the process (a successor then waits for the lease to expire instead).
-    if tokio::time::timeout(config.shutdown_timeout, supervisor)
+    if tokio::time::timeout(config.shutdown_timeout, roles)
         .await
         .is_err()
     {
@@ -322,152 +400,17 @@ async fn grpc_routes(
     .add_service(etcdserverpb::auth_server::AuthServer::new(
         api::auth::AuthService,
     ))
+    .add_service(
+        crate::proto::peer::peer_server::PeerServer::new(crate::cluster::peer::PeerService::new(
+            ctx.node.clone(),
+            ctx.log.clone(),
+            ctx.ids.cluster_id,
+            ctx.ids.term.clone(),
+            streams_stop.clone(),
+        ))
+        .max_encoding_message_size(MAX_RESPONSE_BYTES),
+    )
     .add_service(health_service)
     .add_service(reflection);
     Ok(routes.prepare().into_axum_router())
-}
-
-/// The leader lease kept renewed in the background from the moment it is held, replay
-/// included: a replay longer than the lease must not let it lapse (a contender would take
-/// over meanwhile, and this node would start serving on an expired lease).
-struct Renewing {
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<LeaderError>,
-}
-
-impl Renewing {
-    fn start(leader: &Leader) -> Self {
-        let stop = CancellationToken::new();
-        let task = {
-            let (leader, stop) = (leader.clone(), stop.clone());
-            tokio::spawn(async move { leader.keep_renewed(stop).await })
-        };
-        Self { stop, task }
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        let _ = self.task.await;
-    }
-}
-
-/// Owns writing: runs the writer while this node leads, re-acquires and reloads after it
-/// is fenced, releases the lease on shutdown.
-#[allow(clippy::too_many_arguments)]
-async fn supervise(
-    log: Log,
-    mut queue: Queue,
-    store: DynStore,
-    mut leader: Leader,
-    mut renewing: Renewing,
-    holder: String,
-    config: Config,
-    mut next: crate::log::layout::Position,
-    mut last_snapshot: Option<i64>,
-    term: Arc<AtomicU64>,
-    lessor: Arc<Lessor>,
-    health: Arc<Health>,
-    stop: CancellationToken,
-) {
-    loop {
-        log.set_leader(Some(leader.clone()));
-        health.set_leading(true);
-        METRICS.set_leading(Some(leader.term()));
-        let Renewing {
-            stop: renew_stop,
-            task: mut renewer,
-        } = renewing;
-        let snapshotter = tokio::spawn(snapshot::run(
-            log.clone(),
-            store.clone(),
-            config.snapshots.clone(),
-            config.writer.leader_id.clone(),
-            config.writer.cluster_id,
-            last_snapshot,
-            renew_stop.clone(),
-        ));
-        let adopt = {
-            let (lessor, log, ttl) = (lessor.clone(), log.clone(), config.orphan_lease_ttl);
-            tokio::spawn(async move { lessor.adopt_orphans(&log, ttl).await })
-        };
-        // The writer notices a lost lease at its next write; an idle one learns it from the
-        // renewer, so the node steps down (and refuses linearizable reads) either way. A
-        // batch dropped mid-PUT is unacknowledged, as after a crash.
-        let (exit, renewal) = tokio::select! {
-            exit = run_writer(&log, &mut queue, &store, &leader, &config.writer, next, &stop) => {
-                renew_stop.cancel();
-                (exit, (&mut renewer).await)
-            }
-            renewal = &mut renewer => {
-                let reason = match &renewal {
-                    Ok(LeaderError::Lost) => WriteError::NotLeader,
-                    _ => WriteError::LeaseExpired,
-                };
-                (WriterExit::Fenced(reason), renewal)
-            }
-        };
-        renew_stop.cancel();
-        log.set_leader(None);
-        health.set_leading(false);
-        METRICS.set_leading(None);
-        let _ = snapshotter.await;
-        adopt.abort();
-        match exit {
-            WriterExit::Shutdown | WriterExit::Closed => {
-                queue.reject_pending(&WriteError::Shutdown);
-                if let Err(e) = leader.release().await {
-                    tracing::warn!(error = %e, "could not release the leader lease");
-                }
-                return;
-            }
-            WriterExit::Fenced(reason) => {
-                tracing::error!(
-                    reason = %reason,
-                    renewal = ?renewal.ok(),
-                    "stopped writing; waiting to lead again, then reloading from the bucket"
-                );
-            }
-        }
-        // Not leading: refuse writes until the lease and a fresh replay are ours again.
-        let rejected = WriteError::NotLeader;
-        loop {
-            let acquire = Leader::acquire(store.clone(), &holder, config.leader, &stop);
-            tokio::pin!(acquire);
-            let acquired = loop {
-                tokio::select! {
-                    res = &mut acquire => break res,
-                    more = queue.reject_next(&rejected) => if !more { return },
-                }
-            };
-            match acquired {
-                Ok(l) => leader = l,
-                Err(LeaderError::Shutdown) => return,
-                Err(e) => {
-                    tracing::error!(error = %e, "acquiring the leader lease failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            }
-            leader.set_cluster_id(config.writer.cluster_id);
-            let reloading = Renewing::start(&leader);
-            match recover_cluster(store.as_ref(), config.writer.cluster_id).await {
-                Ok(rec) => {
-                    tracing::info!(revision = rec.state.revision, "reloaded from the bucket");
-                    next = rec.next;
-                    last_snapshot = rec.snapshot.map(|s| s.1);
-                    log.publish(rec.state);
-                    lessor.reset();
-                    term.store(leader.term(), Ordering::Relaxed);
-                    renewing = reloading;
-                    break;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "reload failed; releasing leadership and retrying");
-                    reloading.stop().await;
-                    let _ = leader.release().await;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        }
-    }
 }

@@ -293,8 +293,10 @@ async fn start(store: &str, flags: &[&str], crash: Option<&str>) -> Option<Netsy
         if let Ok(Some(_)) = n.child.try_wait() {
             return None;
         }
+        // Serving with a leader: until the crashed process's lease expires, the new one
+        // answers but follows no one.
         if let Ok(mut c) = n.client().await {
-            if c.status().await.is_ok() {
+            if c.status().await.is_ok_and(|s| s.leader() != 0) {
                 return Some(n);
             }
         }

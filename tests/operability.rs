@@ -135,54 +135,56 @@ async fn etcdctl_check_datascale_reads_our_metrics() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn not_ready_while_waiting_for_the_lease_ready_after_hand_over() {
+async fn a_follower_is_ready_not_ready_without_a_leader_and_leads_after_hand_over() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().to_str().unwrap();
-    let mut first = Netsy::start(store, &["--leader-lease-seconds", "10"]).await;
+    let mut first = Netsy::start(store, &["--leader-lease-seconds", "3"]).await;
     let metrics = format!("127.0.0.1:{}", free_port());
     let mut second = Netsy::spawn(
         store,
         free_port(),
         &[
             "--leader-lease-seconds",
-            "10",
+            "3",
             "--listen-metrics-addr",
             &metrics,
         ],
     );
-    // The metrics port answers at once; the node is alive but not ready.
+    // The metrics port answers at once; the follower is ready once it follows the leader.
     let body = second.wait_http(&metrics, "/livez", 200).await;
     assert!(body.contains("\"health\":\"true\""));
-    let body = second.wait_http(&metrics, "/readyz", 503).await;
-    assert_eq!(
-        body,
-        r#"{"health":"false","reason":"waiting for the leader lease"}"#
-    );
-    let (code, _) = http_get(&metrics, "/health").await.unwrap();
-    assert_eq!(code, 503);
+    second.wait_http(&metrics, "/readyz", 200).await;
+    second.wait_http(&metrics, "/health", 200).await;
     let (_, text) = http_get(&metrics, "/metrics").await.unwrap();
-    assert_eq!(sample(&text, "netsy_ready", ""), Some(0.0));
-    assert_eq!(sample(&text, "etcd_server_has_leader", ""), Some(0.0));
-    // The client port is not served yet either.
-    assert!(http_get(&second.addr, "/health").await.is_err());
+    assert_eq!(sample(&text, "netsy_ready", ""), Some(1.0));
+    assert_eq!(sample(&text, "etcd_server_has_leader", ""), Some(1.0));
+    assert_eq!(sample(&text, "etcd_server_is_leader", ""), Some(0.0));
 
     let mut c = first.client().await.unwrap();
     c.put("before", "1", None).await.unwrap();
-    let started = std::time::Instant::now();
-    assert!(first.terminate().success());
-    second.wait_http(&metrics, "/readyz", 200).await;
-    let took = started.elapsed();
-    // A released lease is taken at once, not after its 10 s expiry.
-    assert!(
-        took < Duration::from_secs(8),
-        "hand-over took {took:?}:\n{}",
-        second.log()
-    );
-    second.wait_http(&metrics, "/health", 200).await;
+    // The leader gone without a word: no leader until its lease expires.
+    first.kill9();
+    let body = second.wait_http(&metrics, "/readyz", 503).await;
+    assert!(body.contains("no leader"), "{body}");
+    let (_, text) = http_get(&metrics, "/metrics").await.unwrap();
+    assert_eq!(sample(&text, "etcd_server_has_leader", ""), Some(0.0));
+    // Serializable reads still answer from the follower's own state.
     let mut c = second.client().await.unwrap();
+    let got = c
+        .get(
+            "before",
+            Some(etcd_client::GetOptions::new().with_serializable()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.kvs()[0].value(), b"1");
+    second.wait_http(&metrics, "/readyz", 200).await;
+    second.wait_http(&metrics, "/health", 200).await;
+    let (_, text) = http_get(&metrics, "/metrics").await.unwrap();
+    assert_eq!(sample(&text, "etcd_server_is_leader", ""), Some(1.0));
     let got = c.get("before", None).await.unwrap();
     assert_eq!(got.kvs()[0].value(), b"1");
-    for phase in ["store", "leader", "replay", "serving"] {
+    for phase in ["store", "follower", "replay", "serving"] {
         assert!(
             second.log().contains(&format!("phase=\"{phase}\"")),
             "no {phase} phase line:\n{}",

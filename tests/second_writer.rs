@@ -1,8 +1,8 @@
-//! Two `netsy serve` processes on one bucket, both sent writes: the leader is paused with
-//! SIGSTOP past its lease, the standby takes over, then the paused one is resumed. No
-//! acknowledged write may be lost or forked (two writes acknowledged at one revision), the
-//! resumed one must not answer a linearizable read from its stale state, and it must step
-//! down and say why. Finally the successor is stopped and the old leader takes over again
+//! Two `netsy serve` processes on one bucket, both sent writes (the follower forwards its
+//! own to the leader): the leader is paused with SIGSTOP past its lease, the follower takes
+//! over, then the paused one is resumed. No acknowledged write may be lost or forked (two
+//! writes acknowledged at one revision), the resumed one must not answer a linearizable
+//! read from its stale state, and it must step down and say why. Finally the successor is stopped and the old leader takes over again
 //! from the bucket, with everything the successor acknowledged.
 
 mod common;
@@ -134,16 +134,20 @@ async fn paused_leader_is_succeeded_and_steps_down(store: &str) {
             .count()
     };
     assert!(count("a") > 0, "a acknowledged nothing:\n{}", a.log());
-    assert_eq!(count("b"), 0, "the standby acknowledged a write");
+    assert!(
+        count("b") > 0,
+        "the follower forwarded nothing:\n{}",
+        b.log()
+    );
 
     signal(&a, "-STOP");
     // b takes over once a's lease has gone unrenewed for its duration plus the margin.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while count("b") < 50 {
+    let b_before_pause = count("b");
+    while count("b") < b_before_pause + 50 {
         assert!(Instant::now() < deadline, "b never took over:\n{}", b.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let a_before_resume = count("a");
     signal(&a, "-CONT");
     // Straight after waking, a still has its old state but no valid lease: a linearizable
     // read must be refused, not answered stale.
@@ -170,11 +174,9 @@ async fn paused_leader_is_succeeded_and_steps_down(store: &str) {
     for w in writers {
         w.await.unwrap();
     }
-    assert_eq!(
-        count("a"),
-        a_before_resume,
-        "a acknowledged writes after its lease ran out"
-    );
+    // What a acknowledged after waking it forwarded to b, as a follower: verified below
+    // with everything else (a write a had acknowledged on its own stale lease would be
+    // missing, or share a revision with one of b's).
     let total = verify(&b.addr, &acked).await;
 
     // b hands over on SIGTERM; a (which has been waiting for the lease) reloads from the
@@ -196,7 +198,7 @@ async fn paused_leader_is_succeeded_and_steps_down(store: &str) {
     let line = log.lines().find(|l| l.contains("stopped writing")).unwrap();
     eprintln!(
         "{store}: {total} acknowledged writes ({} by a, {} by b); a said: {line}",
-        a_before_resume,
+        count("a"),
         count("b")
     );
     a.kill9();

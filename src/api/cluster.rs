@@ -1,8 +1,9 @@
-//! etcd's Cluster service: Netsy reports the node serving the request as the one member.
-//! Membership changes are not raft changes here (nodes share a bucket), so they are
-//! refused.
+//! etcd's Cluster service: the members are the nodes that share the bucket, as the leader
+//! sees them (itself and every follower with an open stream). Membership is not configured
+//! here (a node joins by following and leaves by stopping), so changes are refused.
 
 use super::{errors, Context};
+use crate::cluster::forward;
 use crate::proto::etcdserverpb::cluster_server::Cluster;
 use crate::proto::etcdserverpb::*;
 use tonic::{Request, Response, Status};
@@ -42,18 +43,35 @@ impl Cluster for ClusterService {
 
     async fn member_list(
         &self,
-        _r: Request<MemberListRequest>,
+        request: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
+        // A follower asks the leader, who knows every follower; without one it reports
+        // what it last heard.
+        if let Ok(Some(link)) = self.ctx.write_target(&request) {
+            let mut client = cluster_client::ClusterClient::new(link.channel.clone());
+            if let Ok(answer) = client
+                .member_list(forward::outbound(request.into_inner()))
+                .await
+            {
+                return Ok(Response::new(answer.into_inner()));
+            }
+        }
         let state = self.ctx.log.state();
         Ok(Response::new(MemberListResponse {
             header: self.ctx.header(state.revision),
-            members: vec![Member {
-                id: self.ctx.ids.member_id,
-                name: self.ctx.ids.name.clone(),
-                peer_ur_ls: vec![],
-                client_ur_ls: self.ctx.ids.client_urls.clone(),
-                is_learner: false,
-            }],
+            members: self
+                .ctx
+                .node
+                .members()
+                .into_iter()
+                .map(|m| Member {
+                    id: m.id,
+                    name: m.name,
+                    peer_ur_ls: vec![],
+                    client_ur_ls: m.client_urls,
+                    is_learner: false,
+                })
+                .collect(),
         }))
     }
 

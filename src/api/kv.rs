@@ -3,8 +3,10 @@
 //! answered once durable.
 
 use super::{validate, Context};
+use crate::cluster::{forward, LeaderLink};
 use crate::log::{Request, Response};
 use crate::mvcc::{txn_all_ops, txn_is_read_only};
+use crate::proto::etcdserverpb::kv_client::KvClient;
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
@@ -41,14 +43,18 @@ impl KvService {
         Ok(())
     }
 
-    /// The state a read is answered from: the published one when serializable, else only
-    /// under a valid leader lease (`etcdserver: no leader` otherwise).
-    fn read_state(&self, serializable: bool) -> Result<std::sync::Arc<crate::mvcc::State>, Status> {
-        if serializable {
-            Ok(self.ctx.log.state())
-        } else {
-            Ok(self.ctx.log.linearizable_state()?)
-        }
+    /// A client of the leader's KV service for a forwarded call.
+    fn leader(&self, link: &LeaderLink) -> KvClient<tonic::transport::Channel> {
+        KvClient::new(link.channel.clone())
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX)
+    }
+
+    /// A write's answer, marked with the log position after it for followers.
+    fn written<T>(&self, message: T) -> GrpcResponse<T> {
+        let mut response = GrpcResponse::new(message);
+        forward::mark(&self.ctx.log, &mut response);
+        response
     }
 
     /// Completes the top-level header only: etcd leaves the per-op headers with just the
@@ -69,7 +75,7 @@ impl Kv for KvService {
     ) -> Result<GrpcResponse<Self::RangeStreamStream>, Status> {
         let r = request.into_inner();
         validate::range_stream(&r)?;
-        let state = self.read_state(r.serializable)?;
+        let state = self.ctx.read_state(r.serializable).await?;
         let rev = state.check_revision(r.revision)?;
         // As Range's, the header carries the store's current revision.
         let header = self.ctx.header(state.revision);
@@ -91,7 +97,7 @@ impl Kv for KvService {
     ) -> Result<GrpcResponse<RangeResponse>, Status> {
         let r = request.into_inner();
         validate::range(&r)?;
-        let state = self.read_state(r.serializable)?;
+        let state = self.ctx.read_state(r.serializable).await?;
         let mut resp = state.range(&r, None)?;
         // The header carries the store's current revision, whatever revision was read.
         resp.header = self.ctx.header(state.revision);
@@ -102,13 +108,21 @@ impl Kv for KvService {
         &self,
         request: GrpcRequest<PutRequest>,
     ) -> Result<GrpcResponse<PutResponse>, Status> {
+        let target = self.ctx.write_target(&request)?;
         let r = request.into_inner();
         validate::put(&r)?;
         self.check_size(&r)?;
+        if let Some(link) = target {
+            let answer = self.leader(&link).put(forward::outbound(r)).await;
+            let answer = answer.map_err(|s| forward::leader_error(&link, s))?;
+            return Ok(GrpcResponse::new(
+                forward::applied(&self.ctx.log, answer).await?,
+            ));
+        }
         match self.ctx.log.write(Request::Put(r)).await? {
             Response::Put(mut p) => {
                 self.ctx.fill(&mut p.header);
-                Ok(GrpcResponse::new(p))
+                Ok(self.written(p))
             }
             other => Err(super::unexpected(&other)),
         }
@@ -118,13 +132,21 @@ impl Kv for KvService {
         &self,
         request: GrpcRequest<DeleteRangeRequest>,
     ) -> Result<GrpcResponse<DeleteRangeResponse>, Status> {
+        let target = self.ctx.write_target(&request)?;
         let r = request.into_inner();
         validate::delete(&r)?;
         self.check_size(&r)?;
+        if let Some(link) = target {
+            let answer = self.leader(&link).delete_range(forward::outbound(r)).await;
+            let answer = answer.map_err(|s| forward::leader_error(&link, s))?;
+            return Ok(GrpcResponse::new(
+                forward::applied(&self.ctx.log, answer).await?,
+            ));
+        }
         match self.ctx.log.write(Request::DeleteRange(r)).await? {
             Response::DeleteRange(mut d) => {
                 self.ctx.fill(&mut d.header);
-                Ok(GrpcResponse::new(d))
+                Ok(self.written(d))
             }
             other => Err(super::unexpected(&other)),
         }
@@ -134,13 +156,25 @@ impl Kv for KvService {
         &self,
         request: GrpcRequest<TxnRequest>,
     ) -> Result<GrpcResponse<TxnResponse>, Status> {
+        // Only a transaction that writes needs the leader.
+        let target = self.ctx.write_target(&request);
         let t = request.into_inner();
         validate::txn(&t, self.ctx.limits.max_txn_ops)?;
         self.check_size(&t)?;
-        let mut resp = if txn_is_read_only(&t) {
+        let read_only = txn_is_read_only(&t);
+        if !read_only {
+            if let Some(link) = target? {
+                let answer = self.leader(&link).txn(forward::outbound(t)).await;
+                let answer = answer.map_err(|s| forward::leader_error(&link, s))?;
+                return Ok(GrpcResponse::new(
+                    forward::applied(&self.ctx.log, answer).await?,
+                ));
+            }
+        }
+        let mut resp = if read_only {
             // Evaluated on a private copy of the published state: no writer involved. As in
             // etcd, it is linearizable unless every range in it is serializable.
-            let state = self.read_state(txn_is_serializable(&t))?;
+            let state = self.ctx.read_state(txn_is_serializable(&t)).await?;
             let mut state = (*state).clone();
             state.txn(&t)?.response
         } else {
@@ -150,16 +184,28 @@ impl Kv for KvService {
             }
         };
         self.fill_txn(&mut resp);
-        Ok(GrpcResponse::new(resp))
+        Ok(if read_only {
+            GrpcResponse::new(resp)
+        } else {
+            self.written(resp)
+        })
     }
 
     async fn compact(
         &self,
         request: GrpcRequest<CompactionRequest>,
     ) -> Result<GrpcResponse<CompactionResponse>, Status> {
+        let target = self.ctx.write_target(&request)?;
         let r = request.into_inner();
+        if let Some(link) = target {
+            let answer = self.leader(&link).compact(forward::outbound(r)).await;
+            let answer = answer.map_err(|s| forward::leader_error(&link, s))?;
+            return Ok(GrpcResponse::new(
+                forward::applied(&self.ctx.log, answer).await?,
+            ));
+        }
         match self.ctx.log.write(Request::Compact(r.revision)).await? {
-            Response::Compact { revision } => Ok(GrpcResponse::new(CompactionResponse {
+            Response::Compact { revision } => Ok(self.written(CompactionResponse {
                 header: self.ctx.header(revision),
             })),
             other => Err(super::unexpected(&other)),

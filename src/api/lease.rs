@@ -1,8 +1,10 @@
 //! etcd's Lease service.
 
 use super::{errors, Context};
+use crate::cluster::{forward, LeaderLink};
 use crate::lease::MAX_TTL;
 use crate::log::{Request, Response};
+use crate::proto::etcdserverpb::lease_client::LeaseClient;
 use crate::proto::etcdserverpb::lease_server::Lease;
 use crate::proto::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
@@ -27,6 +29,12 @@ impl LeaseService {
     }
 }
 
+/// A client of the leader's Lease service: leases live on the leader (their deadlines are
+/// its runtime state), so a follower forwards every lease call.
+fn leader(link: &LeaderLink) -> LeaseClient<tonic::transport::Channel> {
+    LeaseClient::new(link.channel.clone())
+}
+
 type KeepAliveStream =
     Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send + 'static>>;
 
@@ -36,9 +44,17 @@ impl Lease for LeaseService {
         &self,
         request: GrpcRequest<LeaseGrantRequest>,
     ) -> Result<GrpcResponse<LeaseGrantResponse>, Status> {
+        let target = self.ctx.write_target(&request)?;
         let r = request.into_inner();
         if r.ttl > MAX_TTL {
             return Err(errors::lease_ttl_too_large());
+        }
+        if let Some(link) = target {
+            let answer = leader(&link).lease_grant(forward::outbound(r)).await;
+            let answer = answer.map_err(|s| forward::leader_error(&link, s))?;
+            return Ok(GrpcResponse::new(
+                forward::applied(&self.ctx.log, answer).await?,
+            ));
         }
         let ttl = self.ctx.lessor.effective_ttl(r.ttl);
         match self
@@ -49,12 +65,14 @@ impl Lease for LeaseService {
         {
             Response::LeaseGrant { id, ttl, revision } => {
                 self.ctx.lessor.granted(id, ttl);
-                Ok(GrpcResponse::new(LeaseGrantResponse {
+                let mut answer = GrpcResponse::new(LeaseGrantResponse {
                     header: self.ctx.header(revision),
                     id,
                     ttl,
                     error: String::new(),
-                }))
+                });
+                forward::mark(&self.ctx.log, &mut answer);
+                Ok(answer)
             }
             other => Err(super::unexpected(&other)),
         }
@@ -64,13 +82,24 @@ impl Lease for LeaseService {
         &self,
         request: GrpcRequest<LeaseRevokeRequest>,
     ) -> Result<GrpcResponse<LeaseRevokeResponse>, Status> {
+        if let Some(link) = self.ctx.write_target(&request)? {
+            let answer = leader(&link)
+                .lease_revoke(forward::outbound(request.into_inner()))
+                .await;
+            let answer = answer.map_err(|s| forward::leader_error(&link, s))?;
+            return Ok(GrpcResponse::new(
+                forward::applied(&self.ctx.log, answer).await?,
+            ));
+        }
         let id = request.into_inner().id;
         match self.ctx.log.write(Request::LeaseRevoke { id }).await? {
             Response::LeaseRevoke { revision } => {
                 self.ctx.lessor.forget(id);
-                Ok(GrpcResponse::new(LeaseRevokeResponse {
+                let mut answer = GrpcResponse::new(LeaseRevokeResponse {
                     header: self.ctx.header(revision),
-                }))
+                });
+                forward::mark(&self.ctx.log, &mut answer);
+                Ok(answer)
             }
             other => Err(super::unexpected(&other)),
         }
@@ -82,6 +111,18 @@ impl Lease for LeaseService {
         &self,
         request: GrpcRequest<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<GrpcResponse<Self::LeaseKeepAliveStream>, Status> {
+        if let Some(link) = self.ctx.write_target(&request)? {
+            // One stream to the leader per client stream, passed through both ways.
+            let outbound = request.into_inner().map_while(|r| r.ok());
+            let answer = leader(&link)
+                .lease_keep_alive(forward::outbound(outbound))
+                .await
+                .map_err(|s| forward::leader_error(&link, s))?;
+            let back = answer
+                .into_inner()
+                .map(move |r| r.map_err(|s| forward::leader_error(&link, s)));
+            return Ok(GrpcResponse::new(Box::pin(back)));
+        }
         let ctx = self.ctx.clone();
         let mut inbound = request.into_inner();
         let stop = self.stop.clone();
@@ -112,6 +153,16 @@ impl Lease for LeaseService {
         &self,
         request: GrpcRequest<LeaseTimeToLiveRequest>,
     ) -> Result<GrpcResponse<LeaseTimeToLiveResponse>, Status> {
+        if let Some(link) = self.ctx.write_target(&request)? {
+            let answer = leader(&link)
+                .lease_time_to_live(forward::outbound(request.into_inner()))
+                .await;
+            return Ok(GrpcResponse::new(
+                answer
+                    .map_err(|s| forward::leader_error(&link, s))?
+                    .into_inner(),
+            ));
+        }
         let r = request.into_inner();
         let state = self.ctx.log.state();
         let resp = match self.ctx.lessor.remaining(&state, r.id) {
@@ -140,8 +191,18 @@ impl Lease for LeaseService {
 
     async fn lease_leases(
         &self,
-        _request: GrpcRequest<LeaseLeasesRequest>,
+        request: GrpcRequest<LeaseLeasesRequest>,
     ) -> Result<GrpcResponse<LeaseLeasesResponse>, Status> {
+        if let Some(link) = self.ctx.write_target(&request)? {
+            let answer = leader(&link)
+                .lease_leases(forward::outbound(request.into_inner()))
+                .await;
+            return Ok(GrpcResponse::new(
+                answer
+                    .map_err(|s| forward::leader_error(&link, s))?
+                    .into_inner(),
+            ));
+        }
         let state = self.ctx.log.state();
         Ok(GrpcResponse::new(LeaseLeasesResponse {
             header: self.ctx.header(state.revision),

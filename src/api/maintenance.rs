@@ -75,15 +75,21 @@ impl Maintenance for MaintenanceService {
     async fn status(&self, _r: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let state = self.ctx.log.state();
         let term = self.ctx.ids.term.load(std::sync::atomic::Ordering::Relaxed);
+        let leader = self.ctx.node.leader_id();
         Ok(Response::new(StatusResponse {
             header: self.ctx.header(state.revision),
             version: ETCD_VERSION.to_string(),
             db_size: state.bytes(),
-            leader: self.ctx.ids.member_id,
+            leader,
             raft_index: state.revision as u64,
             raft_term: term,
             raft_applied_index: state.revision as u64,
-            errors: vec![],
+            // etcd 3.5+ reports a member without a leader this way.
+            errors: if leader == 0 {
+                vec![errors::no_leader().message().to_string()]
+            } else {
+                vec![]
+            },
             db_size_in_use: state.bytes(),
             is_learner: false,
         }))

@@ -20,13 +20,15 @@ use crate::proto::etcdserverpb::ResponseHeader;
 use std::sync::Arc;
 use tonic::{Code, Status};
 
-/// What every service needs: the log, and the identity that goes in response headers.
+/// What every service needs: the log, the identity that goes in response headers, and
+/// this node's place in the cluster (leading, or following a leader to forward to).
 #[derive(Clone)]
 pub struct Context {
     pub log: Log,
     pub ids: Ids,
     pub limits: Limits,
     pub lessor: Arc<crate::lease::Lessor>,
+    pub node: Arc<crate::cluster::Node>,
 }
 
 /// Identity reported in headers and by Cluster/Maintenance.
@@ -73,6 +75,30 @@ impl Context {
             revision,
             raft_term: self.ids.term.load(std::sync::atomic::Ordering::Relaxed),
         })
+    }
+
+    /// Where a write or lease call goes: None to this node's own log (it leads), else the
+    /// leader to forward it to. A request a follower already forwarded is not forwarded
+    /// again: this node no longer leads, which the follower's client hears as no leader.
+    pub fn write_target<T>(
+        &self,
+        request: &tonic::Request<T>,
+    ) -> Result<Option<Arc<crate::cluster::LeaderLink>>, Status> {
+        match self.node.link()? {
+            Some(_) if crate::cluster::forward::is_forwarded(request) => Err(errors::no_leader()),
+            link => Ok(link),
+        }
+    }
+
+    /// The state a read is answered from: the published one when serializable, else a
+    /// linearizable one (under the leader lease, or after a read-index round on a
+    /// follower), or etcd's `no leader`.
+    pub async fn read_state(&self, serializable: bool) -> Result<Arc<mvcc::State>, Status> {
+        if serializable {
+            Ok(self.log.state())
+        } else {
+            self.node.linearizable_state(&self.log).await
+        }
     }
 
     /// Completes a header the engine filled with a revision only.

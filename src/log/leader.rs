@@ -36,6 +36,32 @@ struct Doc {
     /// The cluster this bucket's log belongs to (0 until the first holder recovered it).
     #[serde(default, skip_serializing_if = "is_zero")]
     cluster_id: u64,
+    /// Who holds it and where followers reach it (absent in leases written before followers).
+    #[serde(flatten)]
+    identity: Identity,
+}
+
+/// A node as other nodes see it: written into the lease it holds, so that followers find
+/// the leader through the bucket.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Identity {
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub member_id: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_urls: Vec<String>,
+}
+
+/// The lease object as it stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseView {
+    pub holder: String,
+    pub term: u64,
+    pub released: bool,
+    pub cluster_id: u64,
+    pub identity: Identity,
+    pub etag: String,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -128,10 +154,29 @@ fn decode(data: &[u8]) -> Result<Doc, LeaderError> {
 }
 
 impl Leader {
-    /// Waits until this process holds the lease.
+    /// Reads the lease object: who holds it, if anyone ever did.
+    pub async fn read(store: &DynStore) -> Result<Option<LeaseView>, LeaderError> {
+        let obj = match store.get(LEADER).await {
+            Ok(obj) => obj,
+            Err(StoreError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let doc = decode(&obj.data)?;
+        Ok(Some(LeaseView {
+            holder: doc.holder,
+            term: doc.term,
+            released: doc.released,
+            cluster_id: doc.cluster_id,
+            identity: doc.identity,
+            etag: obj.etag,
+        }))
+    }
+
+    /// Waits until this process holds the lease, then writes `identity` into it.
     pub async fn acquire(
         store: DynStore,
         holder: &str,
+        identity: &Identity,
         timing: LeaderTiming,
         shutdown: &CancellationToken,
     ) -> Result<Self, LeaderError> {
@@ -188,6 +233,7 @@ impl Leader {
                 written_at_ms: now_ms(),
                 released: false,
                 cluster_id,
+                identity: identity.clone(),
             };
             let sent = Instant::now();
             match store.put(LEADER, encode(&doc), mode).await {
@@ -361,13 +407,15 @@ mod tests {
     async fn second_writer_waits_then_takes_over_after_release() {
         let store: DynStore = Arc::new(MemoryStore::new());
         let stop = CancellationToken::new();
-        let a = Leader::acquire(store.clone(), "a", fast(), &stop)
+        let a = Leader::acquire(store.clone(), "a", &Identity::default(), fast(), &stop)
             .await
             .unwrap();
         assert!(a.is_valid());
         let store2 = store.clone();
         let stop2 = stop.clone();
-        let b = tokio::spawn(async move { Leader::acquire(store2, "b", fast(), &stop2).await });
+        let b = tokio::spawn(async move {
+            Leader::acquire(store2, "b", &Identity::default(), fast(), &stop2).await
+        });
         tokio::time::sleep(Duration::from_millis(300)).await;
         a.renew().await.unwrap();
         assert!(!b.is_finished(), "b must wait while a renews");
@@ -383,11 +431,11 @@ mod tests {
     async fn takes_over_an_abandoned_lease_after_it_expires() {
         let store: DynStore = Arc::new(MemoryStore::new());
         let stop = CancellationToken::new();
-        let a = Leader::acquire(store.clone(), "a", fast(), &stop)
+        let a = Leader::acquire(store.clone(), "a", &Identity::default(), fast(), &stop)
             .await
             .unwrap();
         let started = Instant::now();
-        let b = Leader::acquire(store.clone(), "b", fast(), &stop)
+        let b = Leader::acquire(store.clone(), "b", &Identity::default(), fast(), &stop)
             .await
             .unwrap();
         assert!(started.elapsed() >= fast().duration, "took over too early");
@@ -402,7 +450,7 @@ mod tests {
         let mem = Arc::new(MemoryStore::new());
         let store: DynStore = mem.clone();
         let stop = CancellationToken::new();
-        let a = Leader::acquire(store.clone(), "a", fast(), &stop)
+        let a = Leader::acquire(store.clone(), "a", &Identity::default(), fast(), &stop)
             .await
             .unwrap();
         mem.inject(Op::Put, 1, Fault::ApplyThenFail);
@@ -425,7 +473,7 @@ mod tests {
         let mem = Arc::new(MemoryStore::new());
         let store: DynStore = mem.clone();
         let stop = CancellationToken::new();
-        let a = Leader::acquire(store.clone(), "a", fast(), &stop)
+        let a = Leader::acquire(store.clone(), "a", &Identity::default(), fast(), &stop)
             .await
             .unwrap();
         mem.inject(Op::Put, 1, Fault::Delay(Duration::from_secs(30)));

@@ -24,8 +24,10 @@ use crate::proto::etcdserverpb::{
 };
 use crate::store::StoreError;
 use arc_swap::ArcSwap;
+use bytes::Bytes;
+use layout::Position;
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 /// A change to the store.
 #[derive(Debug, Clone)]
@@ -115,12 +117,28 @@ pub(crate) struct Proposal {
     pub reply: oneshot::Sender<Result<Response, WriteError>>,
 }
 
+/// A chunk the writer committed: its log position and the object's bytes, as followers
+/// receive it.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub position: Position,
+    pub data: Bytes,
+}
+
+/// Committed chunks kept for followers that fall behind the feed; one that lags further
+/// reads the chunks from the bucket.
+const FEED_DEPTH: usize = 1024;
+
 /// Shared handle: the published state, the head revision as a watch channel, and the
 /// writer's queue.
 #[derive(Clone)]
 pub struct Log {
     state: Arc<ArcSwap<State>>,
     head: watch::Sender<i64>,
+    /// The log position after the published state: where its next chunk goes.
+    next: watch::Sender<Position>,
+    /// Every chunk this node's writer commits, for the followers' streams.
+    feed: broadcast::Sender<Committed>,
     queue: mpsc::Sender<Proposal>,
     written: Arc<Written>,
     /// The lease under which the published state is known to be the newest: linearizable
@@ -232,14 +250,17 @@ impl Queue {
 }
 
 impl Log {
-    /// A log over `state`, and the queue its writer will drain.
-    pub fn new(state: State, queue_depth: usize) -> (Self, Queue) {
+    /// A log over `state`, whose next chunk goes at `next`, and the queue its writer will
+    /// drain.
+    pub fn new(state: State, next: Position, queue_depth: usize) -> (Self, Queue) {
         let (tx, rx) = mpsc::channel(queue_depth);
         let (head, _) = watch::channel(state.revision);
         (
             Self {
                 state: Arc::new(ArcSwap::from_pointee(state)),
                 head,
+                next: watch::channel(next).0,
+                feed: broadcast::channel(FEED_DEPTH).0,
                 queue: tx,
                 written: Arc::default(),
                 leader: Arc::default(),
@@ -273,12 +294,43 @@ impl Log {
         self.leader.store(leader.map(Arc::new));
     }
 
-    /// Publishes a state (after its chunk is durable, or after recovery).
-    pub(crate) fn publish(&self, mut state: State) {
+    /// Publishes a state whose next chunk goes at `next` (after its chunk is durable, after
+    /// recovery, or on a follower after applying the leader's chunk).
+    pub(crate) fn publish(&self, mut state: State, next: Position) {
         state.set_published_after(self.state.load().revision);
         let rev = state.revision;
         self.state.store(Arc::new(state));
+        self.next.send_replace(next);
         self.head.send_replace(rev);
+    }
+
+    /// The log position after the published state.
+    pub fn next_position(&self) -> Position {
+        *self.next.borrow()
+    }
+
+    /// Waits until the published state reaches `position` (or `stop`); false if stopped.
+    pub async fn wait_for(
+        &self,
+        position: Position,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> bool {
+        let mut rx = self.next.subscribe();
+        tokio::select! {
+            r = rx.wait_for(|p| *p >= position) => r.is_ok(),
+            _ = stop.cancelled() => false,
+        }
+    }
+
+    /// Hands a committed chunk to the followers' streams.
+    pub(crate) fn committed(&self, chunk: Committed) {
+        // No receiver is not an error: a node without followers.
+        let _ = self.feed.send(chunk);
+    }
+
+    /// The chunks committed from now on.
+    pub fn feed(&self) -> broadcast::Receiver<Committed> {
+        self.feed.subscribe()
     }
 
     /// Counters of what the writer has written.

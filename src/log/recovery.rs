@@ -72,6 +72,15 @@ pub struct Recovered {
     pub cluster_id: u64,
 }
 
+/// Refuses an object recording a cluster other than `expected` (0 records none).
+pub(crate) fn check_cluster(key: &str, found: u64, expected: u64) -> Result<(), RecoveryError> {
+    ClusterCheck {
+        id: expected,
+        established_by: format!("recorded in {}", layout::LEADER),
+    }
+    .check(key, found)
+}
+
 /// The cluster every object must belong to, learnt from the leader lease object or the
 /// first object that records one.
 struct ClusterCheck {
@@ -188,7 +197,11 @@ pub fn snapshot_state(key: &str, file: format::DataFile) -> Result<(State, i64),
 }
 
 /// Applies the records of object `key` in order; the first inconsistent one is the error.
-fn apply_records(state: &mut State, key: &str, records: Vec<Record>) -> Result<(), RecoveryError> {
+pub(crate) fn apply_records(
+    state: &mut State,
+    key: &str,
+    records: Vec<Record>,
+) -> Result<(), RecoveryError> {
     for r in records {
         state
             .apply_record(r)
@@ -235,6 +248,37 @@ fn finish_snapshot(
     state.revision = revision;
     state.compact(header.compact_revision);
     Ok((state, revision))
+}
+
+/// The log position a decoded chunk holds (its first key write's revision, or the head
+/// after it for a control-only chunk, with the `seq` its name carries) and the position
+/// after it.
+pub(crate) fn chunk_position(
+    key: &str,
+    seq: u32,
+    file: &format::DataFile,
+) -> Result<(Position, Position), RecoveryError> {
+    if file.records.is_empty() {
+        return Err(RecoveryError::Invalid {
+            key: key.into(),
+            reason: "chunk holds no records".into(),
+        });
+    }
+    if file.records.iter().any(|r| !State::is_control(r)) {
+        Ok((
+            Position::new(file.footer.first_revision, seq),
+            Position::new(file.footer.last_revision + 1, 0),
+        ))
+    } else {
+        if file.footer.first_revision != file.footer.last_revision {
+            return Err(RecoveryError::Invalid {
+                key: key.into(),
+                reason: "control-only chunk spans several revisions".into(),
+            });
+        }
+        let at = Position::new(file.footer.last_revision + 1, seq);
+        Ok((at, Position::new(at.revision, seq + 1)))
+    }
 }
 
 /// Rebuilds the state from `store`, accepting objects of any one cluster.
@@ -369,24 +413,7 @@ pub async fn recover_cluster(
         bytes += size;
         cluster.check(&key, file.header.cluster_id)?;
         let seq = layout::parse_chunk_key(&key).map_or(0, |(_, s)| s);
-        let has_kv = file.records.iter().any(|r| !State::is_control(r));
-        if file.records.is_empty() {
-            return Err(RecoveryError::Invalid {
-                key,
-                reason: "chunk holds no records".into(),
-            });
-        }
-        let position = if has_kv {
-            Position::new(file.footer.first_revision, seq)
-        } else {
-            if file.footer.first_revision != file.footer.last_revision {
-                return Err(RecoveryError::Invalid {
-                    key,
-                    reason: "control-only chunk spans several revisions".into(),
-                });
-            }
-            Position::new(file.footer.last_revision + 1, seq)
-        };
+        let (position, after) = chunk_position(&key, seq, &file)?;
         // No snapshot: the log starts at the first chunk, which must be at revision 1 (Go
         // Netsy) or 2 (an empty Netsy starts at 1 like etcd; its first write is 2).
         let next = next.get_or_insert(position);
@@ -414,11 +441,7 @@ pub async fn recover_cluster(
             });
         }
         records += file.records.len() as u64;
-        *next = if has_kv {
-            Position::new(file.footer.last_revision + 1, 0)
-        } else {
-            Position::new(next.revision, next.seq + 1)
-        };
+        *next = after;
         let sent = applier
             .get_or_insert_with(|| Applier::start(State::at_revision(position.revision - 1)))
             .send(key.clone(), file.records)

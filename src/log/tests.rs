@@ -31,11 +31,17 @@ async fn start(mem: std::sync::Arc<MemoryStore>) -> Running {
 async fn start_as(mem: std::sync::Arc<MemoryStore>, config: WriterConfig) -> Running {
     let store: DynStore = mem.clone();
     let stop = CancellationToken::new();
-    let leader = Leader::acquire(store.clone(), "test", LeaderTiming::default(), &stop)
-        .await
-        .unwrap();
+    let leader = Leader::acquire(
+        store.clone(),
+        "test",
+        &Default::default(),
+        LeaderTiming::default(),
+        &stop,
+    )
+    .await
+    .unwrap();
     let rec = recover(store.as_ref()).await.unwrap();
-    let (log, mut queue) = Log::new(rec.state, 1024);
+    let (log, mut queue) = Log::new(rec.state, rec.next, 1024);
     let (l, s) = (log.clone(), stop.clone());
     let task = tokio::spawn(async move {
         run_writer(&l, &mut queue, &store, &leader, &config, rec.next, &s).await
@@ -492,11 +498,11 @@ mod snapshots {
             margin: Duration::from_millis(50),
         };
         let stop = CancellationToken::new();
-        let a_leader = Leader::acquire(store.clone(), "a", timing, &stop)
+        let a_leader = Leader::acquire(store.clone(), "a", &Default::default(), timing, &stop)
             .await
             .unwrap();
         let rec = recover(store.as_ref()).await.unwrap();
-        let (a_log, mut a_queue) = Log::new(rec.state, 16);
+        let (a_log, mut a_queue) = Log::new(rec.state, rec.next, 16);
         let (l, st, s) = (a_log.clone(), store.clone(), stop.clone());
         let a_task = tokio::spawn(async move {
             run_writer(
@@ -518,12 +524,12 @@ mod snapshots {
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
 
-        let b_leader = Leader::acquire(store.clone(), "b", timing, &stop)
+        let b_leader = Leader::acquire(store.clone(), "b", &Default::default(), timing, &stop)
             .await
             .unwrap();
         let b_rec = recover(store.as_ref()).await.unwrap();
         assert_eq!(b_rec.next, Position::new(2, 0));
-        let (b_log, mut b_queue) = Log::new(b_rec.state, 16);
+        let (b_log, mut b_queue) = Log::new(b_rec.state, b_rec.next, 16);
         let (l, st, s) = (b_log.clone(), store.clone(), stop.clone());
         let b_task = tokio::spawn(async move {
             run_writer(

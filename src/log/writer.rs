@@ -278,8 +278,9 @@ pub async fn run_writer(
         let started = Instant::now();
         let size = encoded.len();
         crate::crashpoint::hit("chunk-before-put");
+        let data = Bytes::from(encoded);
         let put = store
-            .put(&key, Bytes::from(encoded), crate::store::PutMode::Create)
+            .put(&key, data.clone(), crate::store::PutMode::Create)
             .await;
         if put.is_ok() {
             crate::crashpoint::hit("chunk-after-put");
@@ -329,7 +330,8 @@ pub async fn run_writer(
                 } else {
                     Position::new(position.revision, position.seq + 1)
                 };
-                log.publish(work);
+                log.publish(work, next);
+                log.committed(super::Committed { position, data });
                 for (p, r) in batch.drain(..).zip(results) {
                     let _ = p.reply.send(r);
                 }

@@ -138,8 +138,10 @@ impl Netsy {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("netsy exited early ({status}):\n{}", self.log());
             }
+            // Answering is not enough: a node that follows no leader yet (its lease holder
+            // died and the lease has not expired) answers but cannot write.
             if let Ok(mut c) = self.client().await {
-                if c.status().await.is_ok() {
+                if c.status().await.is_ok_and(|s| s.leader() != 0) {
                     return;
                 }
             }

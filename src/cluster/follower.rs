@@ -1,0 +1,299 @@
+//! A follower's state kept up with the leader's: chunks from the `Follow` stream, the
+//! bucket for whatever the stream did not bring.
+//!
+//! The stream is only a fast path. Every chunk it brings is the exact object the leader
+//! PUT, so applying it is the replay of one chunk, checked as recovery checks it (format,
+//! cluster, position, every record against the state). When the leader's head is ahead of
+//! this node (a hello, a heartbeat, or a chunk past the next position), the missing chunks
+//! are read from the bucket by position; a chunk missing there too was removed by clean-up
+//! after a snapshot, and the node reloads from the bucket.
+
+use super::{LeaderLink, Member, Node, Role};
+use crate::format;
+use crate::log::layout::{self, chunk_key, Position};
+use crate::log::leader::Leader;
+use crate::log::recovery::{self, apply_records, check_cluster, chunk_position, RecoveryError};
+use crate::log::Log;
+use crate::proto::peer::{self as pb, follow_event::Event};
+use crate::store::{DynStore, StoreError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How long a stream may stay silent (the leader sends a heartbeat every
+/// [`super::peer::HEARTBEAT`]) before the leader is presumed gone: a paused leader keeps
+/// its connections open.
+const SILENCE: Duration = Duration::from_secs(3);
+
+/// Between attempts to find and reach a leader.
+const RETRY: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    #[error(transparent)]
+    Recovery(#[from] RecoveryError),
+    #[error("{0}")]
+    Protocol(String),
+}
+
+impl From<StoreError> for FollowError {
+    fn from(e: StoreError) -> Self {
+        Self::Recovery(e.into())
+    }
+}
+
+impl From<format::FormatError> for FollowError {
+    fn from(e: format::FormatError) -> Self {
+        Self::Recovery(e.into())
+    }
+}
+
+/// Applies the chunk object `data`, which the leader committed at `position`, to the
+/// published state.
+pub fn apply_chunk(
+    log: &Log,
+    key: &str,
+    position: Position,
+    data: &[u8],
+    cluster_id: u64,
+) -> Result<(), FollowError> {
+    let file = format::decode(key, data)?;
+    check_cluster(key, file.header.cluster_id, cluster_id)?;
+    let (at, after) = chunk_position(key, position.seq, &file)?;
+    if at != position {
+        return Err(FollowError::Protocol(format!(
+            "{key} holds log position {at}, expected {position}"
+        )));
+    }
+    let mut state = (*log.state()).clone();
+    apply_records(&mut state, key, file.records)?;
+    log.publish(state, after);
+    Ok(())
+}
+
+fn applied(source: &str) {
+    crate::metrics::METRICS
+        .follower_applied
+        .with_label_values(&[source])
+        .inc();
+}
+
+/// Reads from the bucket every chunk from the published state's next position on, until
+/// one is missing. Returns whether the bucket had no more (true) or the node must reload
+/// because `target` is not reached yet and the next chunk is gone (false).
+async fn read_chunks(
+    log: &Log,
+    store: &DynStore,
+    cluster_id: u64,
+    target: Option<Position>,
+) -> Result<bool, FollowError> {
+    loop {
+        let next = log.next_position();
+        if target.is_some_and(|t| next >= t) {
+            return Ok(true);
+        }
+        let key = chunk_key(next);
+        match store.get(&key).await {
+            Ok(obj) => {
+                apply_chunk(log, &key, next, &obj.data, cluster_id)?;
+                applied("bucket");
+            }
+            Err(StoreError::NotFound { .. }) => return Ok(target.is_none()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Replaces the published state with a full replay of the bucket.
+pub async fn reload(log: &Log, store: &DynStore, cluster_id: u64) -> Result<(), FollowError> {
+    let rec = recovery::recover_cluster(store.as_ref(), cluster_id).await?;
+    tracing::info!(
+        revision = rec.state.revision,
+        next = %rec.next,
+        "reloaded from the bucket"
+    );
+    log.publish(rec.state, rec.next);
+    Ok(())
+}
+
+/// Brings the state up to the head of the bucket (a node that just took the lease): every
+/// chunk after the next position, or a full reload if a snapshot newer than the state
+/// exists (its chunks may be gone). Returns the newest snapshot's revision.
+pub async fn catch_up(
+    log: &Log,
+    store: &DynStore,
+    cluster_id: u64,
+) -> Result<Option<i64>, FollowError> {
+    read_chunks(log, store, cluster_id, None).await?;
+    let newest = store
+        .list(layout::SNAPSHOTS, None)
+        .await?
+        .into_iter()
+        .filter_map(|m| layout::parse_snapshot_key(&m.key))
+        .max();
+    if newest.is_some_and(|s| s > log.state().revision) {
+        tracing::info!(
+            snapshot = newest,
+            revision = log.state().revision,
+            "a snapshot is newer than this node's state; reloading"
+        );
+        reload(log, store, cluster_id).await?;
+    }
+    Ok(newest)
+}
+
+/// Brings the state to the leader's `head`: from the bucket, or by a reload when the
+/// chunks are gone.
+async fn fill_to(
+    log: &Log,
+    store: &DynStore,
+    cluster_id: u64,
+    head: Position,
+) -> Result<(), FollowError> {
+    if log.next_position() >= head {
+        return Ok(());
+    }
+    if !read_chunks(log, store, cluster_id, Some(head)).await? {
+        tracing::info!(next = %log.next_position(), leader_head = %head, "the next chunk is no longer in the bucket; reloading");
+        reload(log, store, cluster_id).await?;
+    }
+    Ok(())
+}
+
+/// Follows whoever leads until `stop`: finds the leader in the lease object, streams its
+/// chunks, and starts over when the stream ends or goes silent.
+pub async fn run(
+    node: Arc<Node>,
+    log: Log,
+    store: DynStore,
+    cluster_id: u64,
+    term: Arc<AtomicU64>,
+    stop: CancellationToken,
+) {
+    let mut last_error = String::new();
+    while !stop.is_cancelled() {
+        let outcome = follow_once(&node, &log, &store, cluster_id, &term, &stop).await;
+        if !matches!(**node.role.load(), Role::NoLeader) {
+            node.set_role(Role::NoLeader);
+        }
+        if let Err(e) = outcome {
+            // Said once per distinct reason: a leader that stays away is not news each time.
+            let text = e.to_string();
+            if text != last_error {
+                tracing::warn!(error = %text, "not following a leader");
+                last_error = text;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RETRY) => {}
+            _ = stop.cancelled() => {}
+        }
+    }
+}
+
+async fn follow_once(
+    node: &Arc<Node>,
+    log: &Log,
+    store: &DynStore,
+    cluster_id: u64,
+    term: &AtomicU64,
+    stop: &CancellationToken,
+) -> Result<(), FollowError> {
+    let view = Leader::read(store)
+        .await
+        .map_err(|e| FollowError::Protocol(e.to_string()))?
+        .ok_or_else(|| FollowError::Protocol("no node has held the leader lease yet".into()))?;
+    if view.released {
+        return Err(FollowError::Protocol(
+            "the leader released its lease".into(),
+        ));
+    }
+    if view.identity.member_id == node.me.id {
+        return Err(FollowError::Protocol(
+            "the lease was held by this node's previous run; waiting for it to expire".into(),
+        ));
+    }
+    let url = view.identity.client_urls.first().ok_or_else(|| {
+        FollowError::Protocol(format!(
+            "the lease holder {} advertises no client URL (a Netsy without followers?)",
+            view.holder
+        ))
+    })?;
+    let channel = super::forward::connect(url)
+        .await
+        .map_err(|e| FollowError::Protocol(format!("connecting to the leader at {url}: {e}")))?;
+    let mut client = pb::peer_client::PeerClient::new(channel.clone());
+    let request = pb::FollowRequest {
+        member: Some((&node.me).into()),
+        next: Some(log.next_position().into()),
+    };
+    let mut stream = tokio::select! {
+        r = client.follow(request) => r.map_err(|e| FollowError::Protocol(format!("{url}: {}", e.message())))?.into_inner(),
+        _ = stop.cancelled() => return Ok(()),
+    };
+    let mut linked = false;
+    loop {
+        let message = tokio::select! {
+            m = tokio::time::timeout(SILENCE, stream.message()) => m,
+            _ = stop.cancelled() => return Ok(()),
+        };
+        let event = match message {
+            Err(_) => {
+                return Err(FollowError::Protocol(format!(
+                    "the leader at {url} went silent for {SILENCE:?}"
+                )))
+            }
+            Ok(Err(e)) => {
+                return Err(FollowError::Protocol(format!(
+                    "stream from {url}: {}",
+                    e.message()
+                )))
+            }
+            Ok(Ok(None)) => return Err(FollowError::Protocol(format!("{url} ended the stream"))),
+            Ok(Ok(Some(m))) => m.event,
+        };
+        match event {
+            Some(Event::Hello(h)) => {
+                if cluster_id != 0 && h.cluster_id != 0 && h.cluster_id != cluster_id {
+                    return Err(FollowError::Protocol(format!(
+                        "the leader at {url} serves cluster {:016x}, this node cluster {cluster_id:016x}",
+                        h.cluster_id
+                    )));
+                }
+                term.store(h.term, Ordering::Relaxed);
+                let member: Member = h.leader.unwrap_or_default().into();
+                fill_to(log, store, cluster_id, h.head.unwrap_or_default().into()).await?;
+                node.set_role(Role::Following(Arc::new(LeaderLink {
+                    member,
+                    term: h.term,
+                    channel: channel.clone(),
+                })));
+                linked = true;
+            }
+            Some(Event::Chunk(c)) if linked => {
+                let position: Position = c.position.unwrap_or_default().into();
+                let next = log.next_position();
+                if position < next {
+                    continue;
+                }
+                if position > next {
+                    fill_to(log, store, cluster_id, position).await?;
+                }
+                if log.next_position() == position {
+                    apply_chunk(log, &chunk_key(position), position, &c.data, cluster_id)?;
+                    applied("stream");
+                }
+            }
+            Some(Event::Heartbeat(h)) if linked => {
+                node.set_members(h.members.into_iter().map(Member::from).collect());
+                fill_to(log, store, cluster_id, h.head.unwrap_or_default().into()).await?;
+            }
+            _ => {
+                return Err(FollowError::Protocol(format!(
+                    "{url} sent a stream that does not start with a hello"
+                )))
+            }
+        }
+    }
+}
