@@ -254,7 +254,7 @@ struct ServeArgs {
     #[arg(long, env = "NETSY_MAX_BATCH_RECORDS", default_value_t = 10_000)]
     max_batch_records: usize,
     /// Single-writer lease duration in seconds.
-    #[arg(long, env = "NETSY_LEADER_LEASE_SECONDS", default_value_t = 15)]
+    #[arg(long, env = "NETSY_LEADER_LEASE_SECONDS", default_value_t = 3)]
     leader_lease_seconds: u64,
     /// Largest request accepted, in bytes (etcd's --max-request-bytes).
     #[arg(long, env = "NETSY_MAX_REQUEST_BYTES", default_value_t = 1536 * 1024)]
@@ -406,10 +406,7 @@ impl ServeArgs {
             listen_client_addr: self.listen_client_addr,
             advertise_client_urls: self.advertise_client_urls,
             name: self.name.clone(),
-            leader: LeaderTiming {
-                duration: lease,
-                margin: lease / 5,
-            },
+            leader: LeaderTiming::of(lease),
             writer: WriterConfig {
                 leader_id: self.name,
                 max_batch_records: self.max_batch_records,

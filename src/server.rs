@@ -146,7 +146,15 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     };
     let mut lead = None;
     if view.as_ref().is_none_or(|v| v.released) {
-        let acquire = Leader::acquire(store.clone(), &holder, &identity, config.leader, &shutdown);
+        let contention = crate::log::leader::Contention::default();
+        let acquire = Leader::acquire(
+            store.clone(),
+            &holder,
+            &identity,
+            config.leader,
+            &shutdown,
+            &contention,
+        );
         // Another node starting at the same moment may win it: then follow that one.
         match tokio::time::timeout(config.leader.duration / 5, acquire).await {
             Ok(Ok(l)) => lead = Some(l),
@@ -234,7 +242,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             "the data exceeds the space quota; NOSPACE alarm raised"
         );
     }
-    let node = Node::new(me.clone());
+    let node = Node::new(me.clone(), &log);
     let lessor = Arc::new(Lessor::default());
     let ids = Ids {
         cluster_id,
@@ -301,7 +309,9 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     if node.is_leading() {
         lessor.adopt_orphans(&log, config.orphan_lease_ttl).await;
     }
-    let app = grpc_routes(&ctx, &config, shutdown.clone())
+    // Client traffic stops after the hand-over below, not at the signal.
+    let serving_stop = CancellationToken::new();
+    let app = grpc_routes(&ctx, &config, serving_stop.clone())
         .await?
         .layer(GrpcMetricsLayer)
         .merge(http::routes(health.clone()));
@@ -311,7 +321,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         listener,
         tls,
         app,
-        shutdown.clone(),
+        serving_stop.clone(),
         config.shutdown_timeout,
     ));
     tracing::info!(
@@ -324,24 +334,32 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     shutdown.cancelled().await;
     health.set_phase(Phase::Stopping);
     let stopping = Instant::now();
+    // Hand over first: the writer stops after the chunk in flight and the lease is
+    // released, so a follower leads within moments (the followers' streams end as this
+    // node stops leading, and they read the released lease at once). Releasing is one
+    // conditional PUT; bounded so a dead store cannot hold the process (a successor then
+    // waits for the lease to expire instead).
     tracing::info!(
         phase = "shutdown",
-        "stopped accepting; draining in-flight requests"
+        "stopping the writer and releasing the leader lease"
     );
-    // http::serve bounds the drain itself; the margin covers a task that failed to start.
-    match tokio::time::timeout(config.shutdown_timeout + Duration::from_secs(1), server).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "client server task failed"),
-        Err(_) => tracing::warn!("in-flight requests did not finish in time"),
-    }
     writer_stop.cancel();
-    // Releasing the lease is one conditional PUT; bounded so a dead store cannot hold
-    // the process (a successor then waits for the lease to expire instead).
     if tokio::time::timeout(config.shutdown_timeout, roles)
         .await
         .is_err()
     {
         tracing::warn!("the writer did not stop in time; the leader lease was not released");
+    }
+    tracing::info!(
+        phase = "shutdown",
+        "stopped accepting; draining in-flight requests"
+    );
+    serving_stop.cancel();
+    // http::serve bounds the drain itself; the margin covers a task that failed to start.
+    match tokio::time::timeout(config.shutdown_timeout + Duration::from_secs(1), server).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "client server task failed"),
+        Err(_) => tracing::warn!("in-flight requests did not finish in time"),
     }
     if let Some(m) = metrics_server {
         let _ = m.await;

@@ -190,26 +190,24 @@ async fn followers_serve_every_rpc() {
 /// Acknowledged writes: key -> revision.
 type Acked = Arc<Mutex<BTreeMap<String, i64>>>;
 
-/// Writes a new key every 50 ms to each node in turn (a client of all of them), noting
-/// every acknowledgement's time.
+/// Writes a new key through `addr` every 50 ms, noting every acknowledgement's time; one
+/// runs per node, so together they are a client writing to all of them.
 async fn writer(
-    addrs: Vec<String>,
+    addr: String,
+    w: usize,
     acked: Acked,
     times: Arc<Mutex<Vec<Instant>>>,
     stop: Arc<AtomicBool>,
 ) {
-    let mut clients: Vec<Option<Client>> = addrs.iter().map(|_| None).collect();
+    let mut client: Option<Client> = None;
     let mut i = 0usize;
     while !stop.load(Ordering::Relaxed) {
-        let n = i % addrs.len();
-        i += 1;
-        if clients[n].is_none() {
-            clients[n] = common::connect(&addrs[n], Duration::from_secs(2))
-                .await
-                .ok();
+        if client.is_none() {
+            client = common::connect(&addr, Duration::from_secs(2)).await.ok();
         }
-        if let Some(c) = clients[n].as_mut() {
-            let key = format!("/w/{i:06}");
+        if let Some(c) = client.as_mut() {
+            i += 1;
+            let key = format!("/w/{w}/{i:06}");
             match c.put(key.clone(), "x", None).await {
                 Ok(r) => {
                     acked
@@ -218,7 +216,7 @@ async fn writer(
                         .insert(key, r.header().unwrap().revision());
                     times.lock().unwrap().push(Instant::now());
                 }
-                Err(_) => clients[n] = None,
+                Err(_) => client = None,
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -263,12 +261,19 @@ async fn a_follower_takes_over_after_kill_9_and_sigterm() {
     let acked: Acked = Arc::default();
     let times: Arc<Mutex<Vec<Instant>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
-    let task = tokio::spawn(writer(
-        nodes.iter().map(|n| n.addr.clone()).collect(),
-        acked.clone(),
-        times.clone(),
-        stop.clone(),
-    ));
+    let tasks: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(w, n)| {
+            tokio::spawn(writer(
+                n.addr.clone(),
+                w,
+                acked.clone(),
+                times.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // kill -9: no word from the leader. A follower serves serializable reads meanwhile and
@@ -339,7 +344,9 @@ async fn a_follower_takes_over_after_kill_9_and_sigterm() {
     }
     let after_term = longest_gap(&times.lock().unwrap(), terminated);
     stop.store(true, Ordering::Relaxed);
-    task.await.unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
     verify(&nodes[survivor].addr, &acked).await;
     eprintln!(
         "{} writes acknowledged and verified; longest gap between acknowledged writes: {after_kill:?} after kill -9 of the leader, {after_term:?} after SIGTERM",

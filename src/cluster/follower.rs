@@ -176,6 +176,8 @@ pub async fn run(
         let outcome = follow_once(&node, &log, &store, cluster_id, &term, &stop).await;
         if !matches!(**node.role.load(), Role::NoLeader) {
             node.set_role(Role::NoLeader);
+            // The stream ended: the leader may have released the lease on its way out.
+            node.contention.wake();
         }
         if let Err(e) = outcome {
             // Said once per distinct reason: a leader that stays away is not news each time.
@@ -183,6 +185,11 @@ pub async fn run(
             if text != last_error {
                 tracing::warn!(error = %text, "not following a leader");
                 last_error = text;
+            }
+            // Unreachable is not gone: a leader cut off from this node may still write to
+            // the bucket, which this node then reads.
+            if let Err(e) = read_chunks(&log, &store, cluster_id, None).await {
+                tracing::warn!(error = %e, "reading the bucket's newest chunks failed");
             }
         }
         tokio::select! {
@@ -262,6 +269,7 @@ async fn follow_once(
                     )));
                 }
                 term.store(h.term, Ordering::Relaxed);
+                node.contention.observe(Some(&h.lease_etag));
                 let member: Member = h.leader.unwrap_or_default().into();
                 fill_to(log, store, cluster_id, h.head.unwrap_or_default().into()).await?;
                 node.set_role(Role::Following(Arc::new(LeaderLink {
@@ -288,6 +296,7 @@ async fn follow_once(
             Some(Event::Heartbeat(h)) if linked => {
                 node.set_members(h.members.into_iter().map(Member::from).collect());
                 fill_to(log, store, cluster_id, h.head.unwrap_or_default().into()).await?;
+                node.contention.observe(Some(&h.lease_etag));
             }
             _ => {
                 return Err(FollowError::Protocol(format!(

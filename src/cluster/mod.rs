@@ -106,16 +106,26 @@ pub struct Node {
     /// On a follower: the members the leader last reported.
     members: ArcSwap<Vec<Member>>,
     read_index: forward::ReadIndex,
+    /// What this node has seen of the leader, for taking over when it goes quiet.
+    pub contention: crate::log::leader::Contention,
+    /// Bumped on every role change (the leader's streams end when it stops leading).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Node {
-    pub fn new(me: Member) -> Arc<Self> {
+    /// A node whose log is `log` (its position is part of what contention watches).
+    pub fn new(me: Member, log: &crate::log::Log) -> Arc<Self> {
+        let log = log.clone();
         Arc::new(Self {
+            contention: crate::log::leader::Contention::new(Some(Box::new(move || {
+                log.next_position()
+            }))),
             me,
             role: ArcSwap::from_pointee(Role::NoLeader),
             followers: DashMap::new(),
             members: ArcSwap::from_pointee(Vec::new()),
             read_index: forward::ReadIndex::default(),
+            changes: tokio::sync::watch::channel(0).0,
         })
     }
 
@@ -135,10 +145,16 @@ impl Node {
         }
         let before = self.leader_id();
         self.role.store(Arc::new(role));
+        self.changes.send_modify(|n| *n += 1);
         let after = self.leader_id();
         if after != 0 && after != before {
             m.leader_changes.inc();
         }
+    }
+
+    /// A receiver that changes whenever the role does.
+    pub fn role_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Whether this node runs the writer.

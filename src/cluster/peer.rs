@@ -73,6 +73,7 @@ impl Peer for PeerService {
             .into();
         // Subscribed before the head is read: every chunk after the hello's head is in
         // the feed (those before it the follower skips).
+        let mut roles = self.node.role_changes();
         let mut feed = self.log.feed();
         let head = self.log.next_position();
         let hello = pb::Hello {
@@ -80,6 +81,7 @@ impl Peer for PeerService {
             term: self.term.load(Ordering::Relaxed),
             cluster_id: self.cluster_id,
             head: Some(head.into()),
+            lease_etag: self.log.lease_etag(),
         };
         let (node, log, stop) = (self.node.clone(), self.log.clone(), self.stop.clone());
         let out = crate::api::lease::async_stream(move |tx| async move {
@@ -94,6 +96,7 @@ impl Peer for PeerService {
                 Event::Heartbeat(pb::Heartbeat {
                     head: Some(log.next_position().into()),
                     members: node.members().iter().map(Into::into).collect(),
+                    lease_etag: log.lease_etag(),
                 })
             };
             loop {
@@ -107,11 +110,14 @@ impl Peer for PeerService {
                         Err(RecvError::Lagged(_)) => heartbeat(&node, &log),
                         Err(RecvError::Closed) => break,
                     },
-                    _ = tick.tick() => {
-                        if !node.is_leading() {
-                            break;
+                    _ = tick.tick() => heartbeat(&node, &log),
+                    // Stepped down (released, fenced, or lost the lease): the followers
+                    // look for the leader again at once.
+                    _ = roles.changed() => {
+                        if node.is_leading() {
+                            continue;
                         }
-                        heartbeat(&node, &log)
+                        break;
                     }
                     _ = stop.cancelled() => break,
                     _ = tx.closed() => break,

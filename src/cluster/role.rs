@@ -201,6 +201,7 @@ impl RoleLoop {
                     &settings.identity,
                     settings.timing,
                     &self.stop,
+                    &self.node.contention,
                 );
                 tokio::pin!(acquire);
                 loop {

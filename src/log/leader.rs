@@ -2,18 +2,23 @@
 //! writes. It is a `.netsy` chunk-format file whose single record (key `netsy/leader`) holds
 //! the lease as JSON: CRC-checked, and readable by the Go tooling like every other object.
 //!
-//! The holder renews it every `duration / 3` with `If-Match` on the etag it last wrote, and
-//! considers itself leader only until `sent + duration - margin` by its own monotonic clock,
-//! where `sent` is when the last successful renewal was *sent*. A contender never trusts
-//! the holder's wall clock: it watches the object and takes over (with `If-Match`) only after
-//! seeing the same etag for `duration + margin` on its own monotonic clock, or at once when
-//! the holder released it on shutdown. Clock rates are assumed to agree within the margin.
+//! The holder counts itself leader until `sent + duration - margin` by its own monotonic
+//! clock, where `sent` is when its last successful PUT was *sent*: a renewal of this object
+//! (with `If-Match` on the etag it last wrote), or a chunk of the log. A busy leader's chunks
+//! prove it alive, so it renews the object only after `(duration - margin) / 2` without
+//! any successful PUT. A contender never trusts the holder's wall clock: it takes over (with
+//! `If-Match`) only after seeing neither the lease object nor the log change for `duration +
+//! margin` on its own monotonic clock, checked against the bucket at the end (the object's
+//! etag, and no chunk at the position its log would take next), or at once when the holder
+//! released it on shutdown. A follower sees both change through the leader's stream, so it
+//! asks the bucket nothing while the leader is alive. Clock rates are assumed to agree
+//! within the margin.
 //!
 //! The lease is not the fence for the log (the conditional chunk PUT is); it keeps a paused
 //! ex-leader from acknowledging writes after a successor could have started, and it bounds
 //! how long a deleted chunk key could be re-created by a stale writer (see ARCHITECTURE.md).
 
-use super::layout::LEADER;
+use super::layout::{chunk_key, Position, LEADER};
 use crate::clock::now_ms;
 use crate::store::{DynStore, PutMode, StoreError};
 use bytes::Bytes;
@@ -21,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -89,10 +95,107 @@ pub struct LeaderTiming {
 
 impl Default for LeaderTiming {
     fn default() -> Self {
+        Self::of(Duration::from_secs(3))
+    }
+}
+
+impl LeaderTiming {
+    /// A lease of `duration` with the margin Netsy uses (an eighth of it).
+    pub fn of(duration: Duration) -> Self {
         Self {
-            duration: Duration::from_secs(15),
-            margin: Duration::from_secs(3),
+            duration,
+            margin: duration / 8,
         }
+    }
+
+    /// How long a contender must see nothing change before it takes over.
+    fn patience(&self) -> Duration {
+        self.duration + self.margin
+    }
+
+    /// How long the holder goes without a successful PUT before it renews.
+    fn renew_after(&self) -> Duration {
+        (self.duration - self.margin) / 2
+    }
+}
+
+/// What a contender has seen of the leader: the lease object's etag and the position of
+/// its own log, and when either last changed. Fed by the leader's stream on a follower
+/// (the etag in each heartbeat, every chunk applied) and by the contender's own reads of
+/// the bucket; a change is dated when this node noticed it, never earlier.
+pub struct Contention {
+    seen: Mutex<Seen>,
+    wake: Notify,
+    /// The next log position of this node's state (None: no log, as in unit tests).
+    log: Option<Box<dyn Fn() -> Position + Send + Sync>>,
+}
+
+struct Seen {
+    etag: Option<String>,
+    position: Option<Position>,
+    changed: Instant,
+    woken: bool,
+}
+
+impl Default for Contention {
+    fn default() -> Self {
+        Self::new(None)
+    }
+}
+
+impl Contention {
+    pub fn new(log: Option<Box<dyn Fn() -> Position + Send + Sync>>) -> Self {
+        Self {
+            seen: Mutex::new(Seen {
+                etag: None,
+                position: None,
+                changed: Instant::now(),
+                woken: false,
+            }),
+            wake: Notify::new(),
+            log,
+        }
+    }
+
+    /// Records the lease etag (if given) and the log's position; returns how long neither
+    /// has changed.
+    pub fn observe(&self, etag: Option<&str>) -> Duration {
+        let position = self.log.as_ref().map(|f| f());
+        let mut s = self.seen.lock().unwrap();
+        let mut changed = position != s.position;
+        s.position = position;
+        if let Some(e) = etag {
+            if s.etag.as_deref() != Some(e) {
+                s.etag = Some(e.to_string());
+                changed = true;
+            }
+        }
+        if changed {
+            s.changed = Instant::now();
+        }
+        s.changed.elapsed()
+    }
+
+    /// The leader was seen alive some other way (a chunk in the bucket this node has not
+    /// applied yet).
+    pub fn saw_life(&self) {
+        self.seen.lock().unwrap().changed = Instant::now();
+    }
+
+    /// Makes a waiting contender read the lease object now (the leader's stream ended: it
+    /// may have released the lease).
+    pub fn wake(&self) {
+        self.seen.lock().unwrap().woken = true;
+        self.wake.notify_one();
+    }
+
+    fn take_woken(&self) -> bool {
+        std::mem::take(&mut self.seen.lock().unwrap().woken)
+    }
+
+    /// The key of the chunk this node's log would take next.
+    fn next_chunk(&self) -> Option<String> {
+        self.log.as_ref().map(|f| chunk_key(f()))
     }
 }
 
@@ -121,6 +224,9 @@ pub struct Leader {
     held: Arc<Mutex<Held>>,
     /// Until when (see [`mono_ns`]) this process may act as leader.
     valid_until: Arc<AtomicU64>,
+    /// When (see [`mono_ns`]) the last successful PUT that proves this holder alive (a
+    /// renewal or a chunk) was sent.
+    proved_at: Arc<AtomicU64>,
 }
 
 const RECORD_KEY: &[u8] = b"netsy/leader";
@@ -172,20 +278,36 @@ impl Leader {
         }))
     }
 
-    /// Waits until this process holds the lease, then writes `identity` into it.
+    /// Waits until this process holds the lease, then writes `identity` into it. A lease
+    /// held by another is taken only once `contention` has seen nothing change for the
+    /// lease's duration plus the margin, and the bucket confirms it (see the module doc).
     pub async fn acquire(
         store: DynStore,
         holder: &str,
         identity: &Identity,
         timing: LeaderTiming,
         shutdown: &CancellationToken,
+        contention: &Contention,
     ) -> Result<Self, LeaderError> {
-        let mut observed: Option<(String, Instant)> = None;
         let mut announced = false;
+        let mut look = true;
         loop {
             if shutdown.is_cancelled() {
                 return Err(LeaderError::Shutdown);
             }
+            if !look {
+                let quiet = contention.observe(None);
+                if quiet < timing.patience() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(timing.patience() - quiet) => {}
+                        _ = contention.wake.notified() => {}
+                        _ = shutdown.cancelled() => return Err(LeaderError::Shutdown),
+                    }
+                    look = contention.take_woken() || contention.observe(None) >= timing.patience();
+                    continue;
+                }
+            }
+            look = false;
             let current = match store.get(LEADER).await {
                 Ok(obj) => Some(obj),
                 Err(StoreError::NotFound { .. }) => None,
@@ -197,32 +319,34 @@ impl Leader {
                 Some(obj) => {
                     let doc = decode(&obj.data)?;
                     cluster_id = doc.cluster_id;
-                    let expired = match &observed {
-                        Some((etag, since)) if *etag == obj.etag => {
-                            since.elapsed() > Duration::from_millis(doc.duration_ms) + timing.margin
+                    let quiet = contention.observe(Some(&obj.etag));
+                    if !doc.released && doc.holder != holder {
+                        if quiet < timing.patience() {
+                            if !announced {
+                                tracing::info!(
+                                    holder = %doc.holder,
+                                    term = doc.term,
+                                    "another writer holds the leader lease; waiting for it to stop or expire"
+                                );
+                                announced = true;
+                            }
+                            continue;
                         }
-                        _ => {
-                            observed = Some((obj.etag.clone(), Instant::now()));
-                            false
+                        // The lease object has not changed for long enough: has the log?
+                        if let Some(key) = contention.next_chunk() {
+                            match store.get(&key).await {
+                                Ok(_) => {
+                                    // The holder writes chunks this node has not applied:
+                                    // alive (the follower reads them from the bucket).
+                                    contention.saw_life();
+                                    continue;
+                                }
+                                Err(StoreError::NotFound { .. }) => {}
+                                Err(e) => return Err(e.into()),
+                            }
                         }
-                    };
-                    if doc.released || doc.holder == holder || expired {
-                        (doc.term + 1, PutMode::Update(obj.etag.clone()))
-                    } else {
-                        if !announced {
-                            tracing::info!(
-                                holder = %doc.holder,
-                                term = doc.term,
-                                "another writer holds the leader lease; waiting for it to stop or expire"
-                            );
-                            announced = true;
-                        }
-                        tokio::select! {
-                            _ = tokio::time::sleep(timing.duration / 4) => {}
-                            _ = shutdown.cancelled() => return Err(LeaderError::Shutdown),
-                        }
-                        continue;
                     }
+                    (doc.term + 1, PutMode::Update(obj.etag.clone()))
                 }
             };
             let doc = Doc {
@@ -250,10 +374,11 @@ impl Leader {
                         valid_until: Arc::new(AtomicU64::new(mono_ns(
                             sent + timing.duration - timing.margin,
                         ))),
+                        proved_at: Arc::new(AtomicU64::new(mono_ns(sent))),
                     });
                 }
                 Err(e) if e.is_conflict() => {
-                    observed = None;
+                    look = true;
                     continue;
                 }
                 Err(e) => return Err(e.into()),
@@ -278,6 +403,20 @@ impl Leader {
     /// Whether this process may still acknowledge writes.
     pub fn is_valid(&self) -> bool {
         mono_ns(Instant::now()) < self.valid_until.load(Ordering::Acquire)
+    }
+
+    /// The etag of the lease object as this holder last wrote it.
+    pub fn etag(&self) -> String {
+        self.held.lock().unwrap().etag.clone()
+    }
+
+    /// A chunk PUT sent at `sent` succeeded while the lease was valid. Contenders watch the
+    /// log as well as the lease object, so the chunk shows them this holder alive as a
+    /// renewal would: the lease counts from it, and no renewal is needed for a while.
+    pub fn proved_alive(&self, sent: Instant) {
+        let until = mono_ns(sent + self.timing.duration - self.timing.margin);
+        self.valid_until.fetch_max(until, Ordering::AcqRel);
+        self.proved_at.fetch_max(mono_ns(sent), Ordering::AcqRel);
     }
 
     /// Renews once. A conflict means another writer took the lease.
@@ -335,21 +474,33 @@ impl Leader {
         held.etag = etag;
         held.pending = None;
         // Counted from the first attempt: a contender may have seen that one land.
-        self.valid_until.store(
+        self.valid_until.fetch_max(
             mono_ns(first_sent + self.timing.duration - self.timing.margin),
-            Ordering::Release,
+            Ordering::AcqRel,
         );
+        self.proved_at
+            .fetch_max(mono_ns(first_sent), Ordering::AcqRel);
         Ok(())
     }
 
-    /// Renews until cancelled or lost. Transient failures are retried while the lease is
-    /// still valid; returns why it stopped.
+    /// Renews until cancelled or lost, whenever no successful PUT (renewal or chunk) was
+    /// sent for [`LeaderTiming::renew_after`]. Transient failures are retried while the
+    /// lease is still valid; returns why it stopped.
     pub async fn keep_renewed(&self, stop: CancellationToken) -> LeaderError {
-        let period = self.timing.duration / 3;
+        let idle = self.timing.renew_after();
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(period) => {}
-                _ = stop.cancelled() => return LeaderError::Shutdown,
+            let since = Duration::from_nanos(
+                mono_ns(Instant::now()).saturating_sub(self.proved_at.load(Ordering::Acquire)),
+            );
+            if since < idle {
+                tokio::select! {
+                    _ = tokio::time::sleep(idle - since) => {}
+                    _ = stop.cancelled() => return LeaderError::Shutdown,
+                }
+                continue;
+            }
+            if stop.is_cancelled() {
+                return LeaderError::Shutdown;
             }
             loop {
                 match self.renew().await {
@@ -407,14 +558,29 @@ mod tests {
     async fn second_writer_waits_then_takes_over_after_release() {
         let store: DynStore = Arc::new(MemoryStore::new());
         let stop = CancellationToken::new();
-        let a = Leader::acquire(store.clone(), "a", &Identity::default(), fast(), &stop)
-            .await
-            .unwrap();
+        let a = Leader::acquire(
+            store.clone(),
+            "a",
+            &Identity::default(),
+            fast(),
+            &stop,
+            &Contention::default(),
+        )
+        .await
+        .unwrap();
         assert!(a.is_valid());
         let store2 = store.clone();
         let stop2 = stop.clone();
         let b = tokio::spawn(async move {
-            Leader::acquire(store2, "b", &Identity::default(), fast(), &stop2).await
+            Leader::acquire(
+                store2,
+                "b",
+                &Identity::default(),
+                fast(),
+                &stop2,
+                &Contention::default(),
+            )
+            .await
         });
         tokio::time::sleep(Duration::from_millis(300)).await;
         a.renew().await.unwrap();
@@ -431,13 +597,27 @@ mod tests {
     async fn takes_over_an_abandoned_lease_after_it_expires() {
         let store: DynStore = Arc::new(MemoryStore::new());
         let stop = CancellationToken::new();
-        let a = Leader::acquire(store.clone(), "a", &Identity::default(), fast(), &stop)
-            .await
-            .unwrap();
+        let a = Leader::acquire(
+            store.clone(),
+            "a",
+            &Identity::default(),
+            fast(),
+            &stop,
+            &Contention::default(),
+        )
+        .await
+        .unwrap();
         let started = Instant::now();
-        let b = Leader::acquire(store.clone(), "b", &Identity::default(), fast(), &stop)
-            .await
-            .unwrap();
+        let b = Leader::acquire(
+            store.clone(),
+            "b",
+            &Identity::default(),
+            fast(),
+            &stop,
+            &Contention::default(),
+        )
+        .await
+        .unwrap();
         assert!(started.elapsed() >= fast().duration, "took over too early");
         assert_eq!(b.term(), 2);
         assert!(!a.is_valid());
@@ -450,9 +630,16 @@ mod tests {
         let mem = Arc::new(MemoryStore::new());
         let store: DynStore = mem.clone();
         let stop = CancellationToken::new();
-        let a = Leader::acquire(store.clone(), "a", &Identity::default(), fast(), &stop)
-            .await
-            .unwrap();
+        let a = Leader::acquire(
+            store.clone(),
+            "a",
+            &Identity::default(),
+            fast(),
+            &stop,
+            &Contention::default(),
+        )
+        .await
+        .unwrap();
         mem.inject(Op::Put, 1, Fault::ApplyThenFail);
         assert!(matches!(a.renew().await, Err(LeaderError::Store(_))));
         // The retry conflicts with our own landed renewal, which is recognised.
@@ -473,9 +660,16 @@ mod tests {
         let mem = Arc::new(MemoryStore::new());
         let store: DynStore = mem.clone();
         let stop = CancellationToken::new();
-        let a = Leader::acquire(store.clone(), "a", &Identity::default(), fast(), &stop)
-            .await
-            .unwrap();
+        let a = Leader::acquire(
+            store.clone(),
+            "a",
+            &Identity::default(),
+            fast(),
+            &stop,
+            &Contention::default(),
+        )
+        .await
+        .unwrap();
         mem.inject(Op::Put, 1, Fault::Delay(Duration::from_secs(30)));
         let started = Instant::now();
         assert!(a.renew().await.is_err());

@@ -289,6 +289,15 @@ impl Log {
         &self.quota
     }
 
+    /// The etag of the leader lease object as this node last wrote it (empty: not leading).
+    pub fn lease_etag(&self) -> String {
+        self.leader
+            .load()
+            .as_ref()
+            .map(|l| l.etag())
+            .unwrap_or_default()
+    }
+
     /// Sets (or clears, when leadership is lost) the lease that linearizable reads rely on.
     pub fn set_leader(&self, leader: Option<leader::Leader>) {
         self.leader.store(leader.map(Arc::new));

@@ -37,6 +37,7 @@ async fn start_as(mem: std::sync::Arc<MemoryStore>, config: WriterConfig) -> Run
         &Default::default(),
         LeaderTiming::default(),
         &stop,
+        &Default::default(),
     )
     .await
     .unwrap();
@@ -498,9 +499,16 @@ mod snapshots {
             margin: Duration::from_millis(50),
         };
         let stop = CancellationToken::new();
-        let a_leader = Leader::acquire(store.clone(), "a", &Default::default(), timing, &stop)
-            .await
-            .unwrap();
+        let a_leader = Leader::acquire(
+            store.clone(),
+            "a",
+            &Default::default(),
+            timing,
+            &stop,
+            &Default::default(),
+        )
+        .await
+        .unwrap();
         let rec = recover(store.as_ref()).await.unwrap();
         let (a_log, mut a_queue) = Log::new(rec.state, rec.next, 16);
         let (l, st, s) = (a_log.clone(), store.clone(), stop.clone());
@@ -524,9 +532,16 @@ mod snapshots {
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
 
-        let b_leader = Leader::acquire(store.clone(), "b", &Default::default(), timing, &stop)
-            .await
-            .unwrap();
+        let b_leader = Leader::acquire(
+            store.clone(),
+            "b",
+            &Default::default(),
+            timing,
+            &stop,
+            &Default::default(),
+        )
+        .await
+        .unwrap();
         let b_rec = recover(store.as_ref()).await.unwrap();
         assert_eq!(b_rec.next, Position::new(2, 0));
         let (b_log, mut b_queue) = Log::new(b_rec.state, b_rec.next, 16);

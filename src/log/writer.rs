@@ -287,8 +287,10 @@ pub async fn run_writer(
         }
         let m = &crate::metrics::METRICS;
         m.chunk_put_seconds.observe(started.elapsed().as_secs_f64());
+        // Checked once: the acknowledgement below and the lease extension rest on it.
+        let valid = put.is_ok() && leader.is_valid();
         let failure = match &put {
-            Ok(_) if leader.is_valid() => None,
+            Ok(_) if valid => None,
             Ok(_) => Some("lease_expired"),
             Err(e) if e.is_conflict() => Some("conflict"),
             Err(crate::store::StoreError::Transient { .. }) => Some("transient"),
@@ -306,7 +308,8 @@ pub async fn run_writer(
             }
         }
         match put {
-            Ok(_) if leader.is_valid() => {
+            Ok(_) if valid => {
+                leader.proved_alive(started);
                 tracing::debug!(
                     key,
                     requests = batch.len(),
