@@ -1,9 +1,10 @@
 //! Wiring: `serve(config, shutdown)` is the library's entry point; `main` only parses flags.
 //!
-//! Start-up order matters: take the leader lease first, then replay the bucket, so that
-//! the replay sees every chunk the previous leader could have acknowledged. Only then does
-//! the gRPC port answer. If the writer is fenced (another writer extended the log) the
-//! supervisor rejects writes, waits for the lease again, reloads and carries on.
+//! Start-up order matters: a free lease is taken before the bucket is replayed, so that the
+//! replay sees every chunk a previous leader could have acknowledged; a held one means
+//! another node leads, and this one replays, then follows it (`cluster::role`; a node that
+//! wins the lease later catches up from the bucket before it writes). Only then does the
+//! gRPC port answer. On shutdown the lease is handed over before the port drains.
 
 use crate::api::{self, Context, Ids, Limits};
 use crate::cluster::role::{Renewing, RoleLoop, Settings, Start};

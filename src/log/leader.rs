@@ -546,6 +546,7 @@ impl Leader {
 mod tests {
     use super::*;
     use crate::store::memory::MemoryStore;
+    use crate::store::ObjectStore;
 
     fn fast() -> LeaderTiming {
         LeaderTiming {
@@ -679,5 +680,205 @@ mod tests {
         );
         a.renew().await.unwrap();
         assert!(a.is_valid());
+    }
+
+    /// A contender whose log position is an atomic the test moves, as a follower's moves
+    /// when it applies a chunk.
+    fn contention_at(position: &Arc<std::sync::atomic::AtomicI64>) -> Contention {
+        let p = position.clone();
+        Contention::new(Some(Box::new(move || {
+            Position::new(p.load(Ordering::SeqCst), 0)
+        })))
+    }
+
+    async fn renewals(store: &MemoryStore) -> u64 {
+        decode(&ObjectStore::get(store, LEADER).await.unwrap().data)
+            .unwrap()
+            .renewals
+    }
+
+    #[tokio::test]
+    async fn chunks_keep_a_holder_alive_without_renewals_and_contenders_wait() {
+        let mem = Arc::new(MemoryStore::new());
+        let store: DynStore = mem.clone();
+        let stop = CancellationToken::new();
+        let timing = LeaderTiming::of(Duration::from_millis(800));
+        let a = Leader::acquire(
+            store.clone(),
+            "a",
+            &Identity::default(),
+            timing,
+            &stop,
+            &Contention::default(),
+        )
+        .await
+        .unwrap();
+        let renewer = {
+            let (a, stop) = (a.clone(), stop.clone());
+            tokio::spawn(async move { a.keep_renewed(stop).await })
+        };
+        let position = Arc::new(std::sync::atomic::AtomicI64::new(2));
+        let b = {
+            let (store, stop, position) = (store.clone(), stop.clone(), position.clone());
+            tokio::spawn(async move {
+                let contention = contention_at(&position);
+                let l =
+                    Leader::acquire(store, "b", &Identity::default(), timing, &stop, &contention)
+                        .await;
+                (l, Instant::now())
+            })
+        };
+        // The holder commits a chunk every 100 ms; the follower applies each.
+        for _ in 0..25 {
+            let sent = Instant::now();
+            let p = position.load(Ordering::SeqCst);
+            store
+                .put(
+                    &chunk_key(Position::new(p, 0)),
+                    Bytes::from_static(b"chunk"),
+                    PutMode::Create,
+                )
+                .await
+                .unwrap();
+            a.proved_alive(sent);
+            position.store(p + 1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(a.is_valid());
+        }
+        assert!(!b.is_finished(), "b took over from a holder writing chunks");
+        assert_eq!(renewals(&mem).await, 0, "a busy holder renewed its lease");
+        // The holder goes quiet (its renewer too, as in a crash): b takes over, and only
+        // once a's lease has run out by a's own clock.
+        stop.cancel();
+        let _ = renewer.await;
+        let quiet = Instant::now();
+        let stop2 = CancellationToken::new();
+        let (b, at) = {
+            let contention = contention_at(&position);
+            let l = Leader::acquire(
+                store.clone(),
+                "b",
+                &Identity::default(),
+                timing,
+                &stop2,
+                &contention,
+            )
+            .await
+            .unwrap();
+            (l, Instant::now())
+        };
+        assert!(at.duration_since(quiet) >= timing.patience());
+        assert!(!a.is_valid(), "b took over while a could still acknowledge");
+        assert_eq!(b.term(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_idle_holder_renews_after_half_its_validity() {
+        let mem = Arc::new(MemoryStore::new());
+        let store: DynStore = mem.clone();
+        let stop = CancellationToken::new();
+        let timing = LeaderTiming::of(Duration::from_millis(800));
+        let a = Leader::acquire(
+            store.clone(),
+            "a",
+            &Identity::default(),
+            timing,
+            &stop,
+            &Contention::default(),
+        )
+        .await
+        .unwrap();
+        let renewer = {
+            let (a, stop) = (a.clone(), stop.clone());
+            tokio::spawn(async move { a.keep_renewed(stop).await })
+        };
+        // renew_after = (800 - 100) / 2 = 350 ms: about five renewals in 2 s, none early.
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+        let n = renewals(&mem).await;
+        assert!((4..=6).contains(&n), "{n} renewals in 2 s");
+        assert!(a.is_valid());
+        stop.cancel();
+        let _ = renewer.await;
+    }
+
+    #[tokio::test]
+    async fn a_contender_behind_the_log_waits_for_what_the_bucket_holds() {
+        let mem = Arc::new(MemoryStore::new());
+        let store: DynStore = mem.clone();
+        let stop = CancellationToken::new();
+        let timing = LeaderTiming::of(Duration::from_millis(800));
+        let a = Leader::acquire(
+            store.clone(),
+            "a",
+            &Identity::default(),
+            timing,
+            &stop,
+            &Contention::default(),
+        )
+        .await
+        .unwrap();
+        // b's stream is cut: it does not see a's chunks. a writes one at b's next position
+        // late in b's wait, then goes quiet.
+        let position = Arc::new(std::sync::atomic::AtomicI64::new(2));
+        let b = {
+            let (store, stop, position) = (store.clone(), stop.clone(), position.clone());
+            tokio::spawn(async move {
+                let contention = contention_at(&position);
+                let l =
+                    Leader::acquire(store, "b", &Identity::default(), timing, &stop, &contention)
+                        .await;
+                (l.unwrap(), Instant::now())
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let sent = Instant::now();
+        store
+            .put(
+                &chunk_key(Position::new(2, 0)),
+                Bytes::from_static(b"chunk"),
+                PutMode::Create,
+            )
+            .await
+            .unwrap();
+        a.proved_alive(sent);
+        // b finds the chunk at its final check and waits again; its follower reads it from
+        // the bucket a little later.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert!(!b.is_finished(), "b took over past a chunk it had not seen");
+        position.store(3, Ordering::SeqCst);
+        let (b, _) = b.await.unwrap();
+        assert!(!a.is_valid(), "b took over while a could still acknowledge");
+        assert_eq!(b.term(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_woken_contender_takes_a_released_lease_at_once() {
+        let store: DynStore = Arc::new(MemoryStore::new());
+        let stop = CancellationToken::new();
+        let timing = LeaderTiming::of(Duration::from_secs(10));
+        let a = Leader::acquire(
+            store.clone(),
+            "a",
+            &Identity::default(),
+            timing,
+            &stop,
+            &Contention::default(),
+        )
+        .await
+        .unwrap();
+        let contention = Arc::new(Contention::default());
+        let b = {
+            let (store, stop, contention) = (store.clone(), stop.clone(), contention.clone());
+            tokio::spawn(async move {
+                Leader::acquire(store, "b", &Identity::default(), timing, &stop, &contention).await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        a.release().await.unwrap();
+        let released = Instant::now();
+        contention.wake();
+        let b = b.await.unwrap().unwrap();
+        assert!(released.elapsed() < Duration::from_secs(1));
+        assert_eq!(b.term(), 2);
     }
 }
