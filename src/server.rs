@@ -431,5 +431,11 @@ async fn grpc_routes(
     )
     .add_service(health_service)
     .add_service(reflection);
-    Ok(routes.prepare().into_axum_router())
+    Ok(routes
+        .prepare()
+        .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(
+            ctx.node.clone(),
+            api::require_leader,
+        )))
 }

@@ -278,6 +278,16 @@ async fn a_follower_takes_over_after_kill_9_and_sigterm() {
 
     // kill -9: no word from the leader. A follower serves serializable reads meanwhile and
     // refuses linearizable ones until a new leader exists.
+    let mut require_leader = etcd_client::Client::connect(
+        [nodes[1].addr.as_str()],
+        Some(etcd_client::ConnectOptions::new().with_require_leader(true)),
+    )
+    .await
+    .unwrap();
+    require_leader
+        .get("/w/", Some(GetOptions::new().with_serializable()))
+        .await
+        .expect("a leader exists");
     let killed = Instant::now();
     nodes[0].kill9();
     let mut follower = client(&nodes[1]).await;
@@ -286,6 +296,13 @@ async fn a_follower_takes_over_after_kill_9_and_sigterm() {
         .get("/w/", Some(GetOptions::new().with_prefix()))
         .await
         .expect_err("a linearizable read with no leader");
+    assert!(err.to_string().contains("etcdserver: no leader"), "{err}");
+    // A client that requires a leader (etcd's `hasleader` metadata) is refused even a
+    // serializable read.
+    let err = require_leader
+        .get("/w/", Some(GetOptions::new().with_serializable()))
+        .await
+        .expect_err("hasleader with no leader");
     assert!(err.to_string().contains("etcdserver: no leader"), "{err}");
     follower
         .get(

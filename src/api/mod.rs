@@ -177,6 +177,29 @@ pub mod errors {
     }
 }
 
+/// The metadata etcd clients send with `WithRequireLeader` (kube-apiserver's watches do).
+pub const REQUIRE_LEADER: &str = "hasleader";
+
+/// Whether a request asks for a leader (`hasleader: true`).
+pub fn requires_leader(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(REQUIRE_LEADER)
+        .is_some_and(|v| v.as_bytes() == b"true")
+}
+
+/// As etcd's interceptors: a request that requires a leader is refused with `etcdserver:
+/// no leader` by a node that has none, before any service sees it.
+pub async fn require_leader(
+    axum::extract::State(node): axum::extract::State<Arc<crate::cluster::Node>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if requires_leader(request.headers()) && node.leader_id() == 0 {
+        return errors::no_leader().into_http();
+    }
+    next.run(request).await
+}
+
 /// The log answered a request with a response of another kind: a bug, reported as such.
 pub(crate) fn unexpected(response: &crate::log::Response) -> Status {
     Status::internal(format!("unexpected response {response:?}"))

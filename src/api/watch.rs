@@ -39,6 +39,10 @@ impl WatchService {
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
 
+/// How long a follower may be without a leader before its require-leader watch streams
+/// end with `etcdserver: no leader` (long enough for a failover to finish first).
+const NO_LEADER_GRACE: Duration = Duration::from_secs(10);
+
 /// Responses a slow client may leave unread before its stream (only) waits.
 const OUTBOUND_BUFFER: usize = 256;
 
@@ -50,6 +54,7 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let require_leader = super::requires_leader(request.metadata().as_ref());
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
         let stream = StreamTask {
@@ -60,7 +65,12 @@ impl Watch for WatchService {
             active: BTreeSet::new(),
         };
         METRICS.watch_streams.inc();
-        tokio::spawn(stream.run(inbound, self.progress_interval, self.stop.clone()));
+        tokio::spawn(stream.run(
+            inbound,
+            self.progress_interval,
+            self.stop.clone(),
+            require_leader,
+        ));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -89,8 +99,15 @@ impl StreamTask {
         mut inbound: Streaming<WatchRequest>,
         progress_interval: Duration,
         stop: CancellationToken,
+        require_leader: bool,
     ) {
         let mut head = self.ctx.log.subscribe();
+        let mut roles = self.ctx.node.role_changes();
+        // A stream that requires a leader ends once this node has had none for a while,
+        // so the client re-watches where there is one.
+        let no_leader = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(no_leader);
+        let mut leaderless = false;
         let mut tick = tokio::time::interval(progress_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
@@ -110,6 +127,20 @@ impl StreamTask {
                     false
                 }
                 _ = stop.cancelled() => return,
+                _ = roles.changed(), if require_leader => {
+                    let lost = self.ctx.node.leader_id() == 0;
+                    if lost && !leaderless {
+                        no_leader.as_mut().reset(tokio::time::Instant::now() + NO_LEADER_GRACE);
+                    } else if !lost {
+                        no_leader.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(86400 * 365));
+                    }
+                    leaderless = lost;
+                    continue;
+                }
+                _ = &mut no_leader, if leaderless => {
+                    let _ = self.tx.send(Err(super::errors::no_leader())).await;
+                    return;
+                }
                 _ = tick.tick() => {
                     if self.progress().await.is_err() {
                         return;
