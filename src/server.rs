@@ -7,6 +7,7 @@
 //! gRPC port answer. On shutdown the lease is handed over before the port drains.
 
 use crate::api::{self, Context, Ids, Limits};
+use crate::cluster::forward::PeerTls;
 use crate::cluster::role::{Renewing, RoleLoop, Settings, Start};
 use crate::cluster::{Member, Node};
 use crate::http::{self, Health, Phase};
@@ -243,7 +244,14 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             "the data exceeds the space quota; NOSPACE alarm raised"
         );
     }
-    let node = Node::new(me.clone(), &log);
+    let peer_tls = match &config.tls {
+        None => PeerTls::Plain,
+        Some(files) => match files.peer_client_config() {
+            Ok(c) => PeerTls::Tls(Arc::new(c)),
+            Err(e) => PeerTls::Unusable(e.to_string()),
+        },
+    };
+    let node = Node::new(me.clone(), &log, peer_tls);
     let lessor = Arc::new(Lessor::default());
     let ids = Ids {
         cluster_id,

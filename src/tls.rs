@@ -38,6 +38,8 @@ pub enum TlsError {
     Pair(String),
     #[error("--client-cert-auth needs --trusted-ca-file (the CA that signs client certificates)")]
     NoCa,
+    #[error("nodes serving TLS reach each other only with --trusted-ca-file (the CA that signed the nodes' certificates)")]
+    NoPeerCa,
 }
 
 type Stamp = Vec<Option<(SystemTime, u64)>>;
@@ -115,6 +117,37 @@ impl TlsFiles {
             .with_single_cert(certs, key)
             .map_err(|e| TlsError::Pair(e.to_string()))?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(config)
+    }
+}
+
+impl TlsFiles {
+    /// The client side of this node's TLS, for reaching the other nodes' client ports
+    /// (followers to the leader): their certificates are checked against
+    /// `--trusted-ca-file`, and this node presents its own `--cert-file` (certificates for
+    /// etcd usually carry client as well as server auth; `scripts/certs.sh`'s do). Loaded
+    /// once at start.
+    pub fn peer_client_config(&self) -> Result<rustls::ClientConfig, TlsError> {
+        let ca = self.trusted_ca_file.as_ref().ok_or(TlsError::NoPeerCa)?;
+        let mut roots = RootCertStore::empty();
+        for cert in
+            CertificateDer::pem_file_iter(ca).map_err(|e| file_err("--trusted-ca-file", ca, e))?
+        {
+            let cert = cert.map_err(|e| file_err("--trusted-ca-file", ca, e))?;
+            roots
+                .add(cert)
+                .map_err(|e| file_err("--trusted-ca-file", ca, e))?;
+        }
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert_file)
+            .and_then(|i| i.collect::<Result<_, _>>())
+            .map_err(|e| file_err("--cert-file", &self.cert_file, e))?;
+        let key = PrivateKeyDer::from_pem_file(&self.key_file)
+            .map_err(|e| file_err("--key-file", &self.key_file, e))?;
+        let mut config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| TlsError::Pair(e.to_string()))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(config)
     }
 }

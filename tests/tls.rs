@@ -265,3 +265,43 @@ async fn unusable_tls_options_fail_at_start_naming_the_option() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_reaches_the_leader_over_mutual_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = certs(&dir.path().join("a"));
+    let store = dir.path().join("data");
+    let flags = [
+        "--cert-file",
+        &p(&a, "server.pem"),
+        "--key-file",
+        &p(&a, "server-key.pem"),
+        "--trusted-ca-file",
+        &p(&a, "ca.pem"),
+        "--client-cert-auth",
+    ]
+    .map(|s| s.to_string());
+    let flags: Vec<&str> = flags.iter().map(|s| s.as_str()).collect();
+    let (_leader, _) = start_tls(store.to_str().unwrap(), &flags).await;
+    // Ready only once it follows: its stream to the leader runs over mutual TLS.
+    let (follower, _) = start_tls(store.to_str().unwrap(), &flags).await;
+    let ca = p(&a, "ca.pem");
+    let good = (p(&a, "client.pem"), p(&a, "client-key.pem"));
+    let (ok, err) = put(
+        &follower.addr,
+        &ca,
+        Some((&good.0, &good.1)),
+        "via-follower",
+    );
+    assert!(ok, "a write forwarded over TLS: {err}\n{}", follower.log());
+    let (ok, out, err) = etcdctl(&[
+        &format!("--endpoints=https://{}", follower.addr),
+        &format!("--cacert={ca}"),
+        &format!("--cert={}", good.0),
+        &format!("--key={}", good.1),
+        "get",
+        "via-follower",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["via-follower", "v"]);
+}

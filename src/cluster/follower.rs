@@ -227,7 +227,7 @@ async fn follow_once(
             view.holder
         ))
     })?;
-    let channel = super::forward::connect(url)
+    let channel = super::forward::connect(url, &node.peer_tls)
         .await
         .map_err(|e| FollowError::Protocol(format!("connecting to the leader at {url}: {e}")))?;
     let mut client = pb::peer_client::PeerClient::new(channel.clone());

@@ -34,21 +34,64 @@ pub const FORWARDED_HEADER: &str = "netsy-forwarded";
 /// How long a follower waits for its state to reach a position the leader reported.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// An HTTP/2 connection to another node's client URL.
-pub async fn connect(url: &str) -> Result<Channel, String> {
-    if url.starts_with("https://") {
-        return Err(format!(
-            "{url}: TLS between nodes is not supported yet (see README: several nodes)"
-        ));
-    }
-    let endpoint = Endpoint::from_shared(url.to_string())
+/// How this node reaches the others' client ports.
+#[derive(Clone)]
+pub enum PeerTls {
+    /// No TLS configured here: only `http://` URLs.
+    Plain,
+    /// This node's certificate and trusted CA.
+    Tls(Arc<rustls::ClientConfig>),
+    /// TLS is configured here but cannot be used as a client (why).
+    Unusable(String),
+}
+
+/// An HTTP/2 connection to another node's client URL, over TLS for an `https://` one.
+pub async fn connect(url: &str, tls: &PeerTls) -> Result<Channel, String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("{url}: no host"))?
+        .clone();
+    // The scheme only picks the connector: TLS is done here, so tonic sees plain h2.
+    let endpoint = Endpoint::from_shared(format!("http://{authority}"))
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(1))
         .keep_alive_timeout(Duration::from_secs(3))
         .keep_alive_while_idle(true);
-    endpoint.connect().await.map_err(|e| e.to_string())
+    if uri.scheme_str() != Some("https") {
+        return endpoint.connect().await.map_err(|e| e.to_string());
+    }
+    let config = match tls {
+        PeerTls::Tls(c) => c.clone(),
+        PeerTls::Unusable(why) => return Err(format!("{url}: {why}")),
+        PeerTls::Plain => return Err(format!(
+            "{url} serves TLS but this node has none (--cert-file, --key-file, --trusted-ca-file)"
+        )),
+    };
+    let host = authority
+        .host()
+        .trim_matches(|c| c == '[' || c == ']')
+        .to_string();
+    let port = authority.port_u16().unwrap_or(443);
+    let name =
+        rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| format!("{url}: {e}"))?;
+    let connector = tower::service_fn(move |_: http::Uri| {
+        let (config, name, host) = (config.clone(), name.clone(), host.clone());
+        async move {
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let stream = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    });
+    endpoint
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))
 }
 
 fn encode_position(p: Position) -> String {

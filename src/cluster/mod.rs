@@ -108,15 +108,19 @@ pub struct Node {
     read_index: forward::ReadIndex,
     /// What this node has seen of the leader, for taking over when it goes quiet.
     pub contention: crate::log::leader::Contention,
+    /// How this node reaches the leader's client port.
+    pub peer_tls: forward::PeerTls,
     /// Bumped on every role change (the leader's streams end when it stops leading).
     changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Node {
-    /// A node whose log is `log` (its position is part of what contention watches).
-    pub fn new(me: Member, log: &crate::log::Log) -> Arc<Self> {
+    /// A node whose log is `log` (its position is part of what contention watches), reaching
+    /// the leader with `peer_tls`.
+    pub fn new(me: Member, log: &crate::log::Log, peer_tls: forward::PeerTls) -> Arc<Self> {
         let log = log.clone();
         Arc::new(Self {
+            peer_tls,
             contention: crate::log::leader::Contention::new(Some(Box::new(move || {
                 log.next_position()
             }))),
