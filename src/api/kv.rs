@@ -114,10 +114,7 @@ impl Kv for KvService {
         self.check_size(&r)?;
         if let Some(link) = target {
             let answer = self.leader(&link).put(forward::outbound(r)).await;
-            let answer = answer.map_err(|s| forward::leader_error(&link, s))?;
-            return Ok(GrpcResponse::new(
-                forward::applied(&self.ctx.log, answer).await?,
-            ));
+            return forward::written(&self.ctx.log, &link, answer).await;
         }
         match self.ctx.log.write(Request::Put(r)).await? {
             Response::Put(mut p) => {
@@ -138,10 +135,7 @@ impl Kv for KvService {
         self.check_size(&r)?;
         if let Some(link) = target {
             let answer = self.leader(&link).delete_range(forward::outbound(r)).await;
-            let answer = answer.map_err(|s| forward::leader_error(&link, s))?;
-            return Ok(GrpcResponse::new(
-                forward::applied(&self.ctx.log, answer).await?,
-            ));
+            return forward::written(&self.ctx.log, &link, answer).await;
         }
         match self.ctx.log.write(Request::DeleteRange(r)).await? {
             Response::DeleteRange(mut d) => {
@@ -165,10 +159,7 @@ impl Kv for KvService {
         if !read_only {
             if let Some(link) = target? {
                 let answer = self.leader(&link).txn(forward::outbound(t)).await;
-                let answer = answer.map_err(|s| forward::leader_error(&link, s))?;
-                return Ok(GrpcResponse::new(
-                    forward::applied(&self.ctx.log, answer).await?,
-                ));
+                return forward::written(&self.ctx.log, &link, answer).await;
             }
         }
         let mut resp = if read_only {
@@ -199,10 +190,7 @@ impl Kv for KvService {
         let r = request.into_inner();
         if let Some(link) = target {
             let answer = self.leader(&link).compact(forward::outbound(r)).await;
-            let answer = answer.map_err(|s| forward::leader_error(&link, s))?;
-            return Ok(GrpcResponse::new(
-                forward::applied(&self.ctx.log, answer).await?,
-            ));
+            return forward::written(&self.ctx.log, &link, answer).await;
         }
         match self.ctx.log.write(Request::Compact(r.revision)).await? {
             Response::Compact { revision } => Ok(self.written(CompactionResponse {

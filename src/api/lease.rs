@@ -51,10 +51,7 @@ impl Lease for LeaseService {
         }
         if let Some(link) = target {
             let answer = leader(&link).lease_grant(forward::outbound(r)).await;
-            let answer = answer.map_err(|s| forward::leader_error(&link, s))?;
-            return Ok(GrpcResponse::new(
-                forward::applied(&self.ctx.log, answer).await?,
-            ));
+            return forward::written(&self.ctx.log, &link, answer).await;
         }
         let ttl = self.ctx.lessor.effective_ttl(r.ttl);
         match self
@@ -86,10 +83,7 @@ impl Lease for LeaseService {
             let answer = leader(&link)
                 .lease_revoke(forward::outbound(request.into_inner()))
                 .await;
-            let answer = answer.map_err(|s| forward::leader_error(&link, s))?;
-            return Ok(GrpcResponse::new(
-                forward::applied(&self.ctx.log, answer).await?,
-            ));
+            return forward::written(&self.ctx.log, &link, answer).await;
         }
         let id = request.into_inner().id;
         match self.ctx.log.write(Request::LeaseRevoke { id }).await? {
@@ -157,11 +151,7 @@ impl Lease for LeaseService {
             let answer = leader(&link)
                 .lease_time_to_live(forward::outbound(request.into_inner()))
                 .await;
-            return Ok(GrpcResponse::new(
-                answer
-                    .map_err(|s| forward::leader_error(&link, s))?
-                    .into_inner(),
-            ));
+            return forward::answered(&link, answer);
         }
         let r = request.into_inner();
         let state = self.ctx.log.state();
@@ -197,11 +187,7 @@ impl Lease for LeaseService {
             let answer = leader(&link)
                 .lease_leases(forward::outbound(request.into_inner()))
                 .await;
-            return Ok(GrpcResponse::new(
-                answer
-                    .map_err(|s| forward::leader_error(&link, s))?
-                    .into_inner(),
-            ));
+            return forward::answered(&link, answer);
         }
         let state = self.ctx.log.state();
         Ok(GrpcResponse::new(LeaseLeasesResponse {

@@ -66,9 +66,11 @@ pub async fn connect(url: &str, tls: &PeerTls) -> Result<Channel, String> {
     let config = match tls {
         PeerTls::Tls(c) => c.clone(),
         PeerTls::Unusable(why) => return Err(format!("{url}: {why}")),
-        PeerTls::Plain => return Err(format!(
+        PeerTls::Plain => {
+            return Err(format!(
             "{url} serves TLS but this node has none (--cert-file, --key-file, --trusted-ca-file)"
-        )),
+        ))
+        }
     };
     let host = authority
         .host()
@@ -157,9 +159,14 @@ pub async fn wait_applied(log: &Log, position: Position) -> Result<(), Status> {
     }
 }
 
-/// On a follower: the leader's answer to a forwarded write, once this node's state holds
-/// it.
-pub async fn applied<T>(log: &Log, response: tonic::Response<T>) -> Result<T, Status> {
+/// On a follower: the leader's answer to a forwarded write (its error as the client should
+/// see it), once this node's state holds it.
+pub async fn written<T>(
+    log: &Log,
+    link: &super::LeaderLink,
+    answer: Result<tonic::Response<T>, Status>,
+) -> Result<tonic::Response<T>, Status> {
+    let response = answer.map_err(|s| leader_error(link, s))?;
     let position = response
         .metadata()
         .get(POSITION_HEADER)
@@ -168,7 +175,16 @@ pub async fn applied<T>(log: &Log, response: tonic::Response<T>) -> Result<T, St
     if let Some(p) = position {
         wait_applied(log, p).await?;
     }
-    Ok(response.into_inner())
+    Ok(tonic::Response::new(response.into_inner()))
+}
+
+/// On a follower: the leader's answer to a forwarded call that writes nothing.
+pub fn answered<T>(
+    link: &super::LeaderLink,
+    answer: Result<tonic::Response<T>, Status>,
+) -> Result<tonic::Response<T>, Status> {
+    let response = answer.map_err(|s| leader_error(link, s))?;
+    Ok(tonic::Response::new(response.into_inner()))
 }
 
 type Waiter = oneshot::Sender<Result<Position, Status>>;

@@ -101,8 +101,10 @@ pub enum Role {
 pub struct Node {
     pub me: Member,
     role: ArcSwap<Role>,
-    /// On the leader: the followers whose streams are open.
-    followers: DashMap<u64, Member>,
+    /// On the leader: the followers whose streams are open, each with its stream's number
+    /// (a follower that reconnects opens its new stream before the old one is gone).
+    followers: DashMap<u64, (Member, u64)>,
+    streams: std::sync::atomic::AtomicU64,
     /// On a follower: the members the leader last reported.
     members: ArcSwap<Vec<Member>>,
     read_index: forward::ReadIndex,
@@ -127,6 +129,7 @@ impl Node {
             me,
             role: ArcSwap::from_pointee(Role::NoLeader),
             followers: DashMap::new(),
+            streams: Default::default(),
             members: ArcSwap::from_pointee(Vec::new()),
             read_index: forward::ReadIndex::default(),
             changes: tokio::sync::watch::channel(0).0,
@@ -189,7 +192,7 @@ impl Node {
     pub fn members(&self) -> Vec<Member> {
         if self.is_leading() {
             let mut all = vec![self.me.clone()];
-            all.extend(self.followers.iter().map(|m| m.value().clone()));
+            all.extend(self.followers.iter().map(|m| m.value().0.clone()));
             all.sort_by_key(|m| m.id);
             all
         } else {
@@ -202,13 +205,19 @@ impl Node {
         }
     }
 
-    pub(crate) fn follower_joined(&self, m: Member) {
+    /// Records a follower's new stream; returns the stream's number.
+    pub(crate) fn follower_joined(&self, m: Member) -> u64 {
+        let stream = self
+            .streams
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(member = %m.name, member_id = format!("{:x}", m.id), urls = ?m.client_urls, "follower connected");
-        self.followers.insert(m.id, m);
+        self.followers.insert(m.id, (m, stream));
+        stream
     }
 
-    pub(crate) fn follower_left(&self, id: u64) {
-        if let Some((_, m)) = self.followers.remove(&id) {
+    /// Forgets a follower whose stream `stream` ended, unless it has a newer one.
+    pub(crate) fn follower_left(&self, id: u64, stream: u64) {
+        if let Some((_, (m, _))) = self.followers.remove_if(&id, |_, (_, s)| *s == stream) {
             tracing::info!(member = %m.name, member_id = format!("{:x}", m.id), "follower disconnected");
         }
     }

@@ -89,7 +89,7 @@ impl Peer for PeerService {
                 return;
             }
             let id = member.id;
-            node.follower_joined(member);
+            let stream = node.follower_joined(member);
             let mut tick = tokio::time::interval(HEARTBEAT);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let heartbeat = |node: &Node, log: &Log| {
@@ -126,7 +126,7 @@ impl Peer for PeerService {
                     break;
                 }
             }
-            node.follower_left(id);
+            node.follower_left(id, stream);
         });
         Ok(Response::new(Box::pin(out)))
     }
