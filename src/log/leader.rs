@@ -137,6 +137,9 @@ struct Seen {
     woken: bool,
 }
 
+/// Without a log, a contender cannot see the holder's chunks: only for taking a lease that
+/// is free (a new bucket, a released lease; start-up bounds that wait well below the
+/// lease), and for tests of the lease object alone.
 impl Default for Contention {
     fn default() -> Self {
         Self::new(None)
