@@ -76,8 +76,8 @@ impl TlsFiles {
             .collect()
     }
 
-    /// Loads the files into a server configuration offering h2 and HTTP/1.1.
-    pub fn load(&self) -> Result<ServerConfig, TlsError> {
+    /// The certificate chain and key of `--cert-file` and `--key-file`.
+    fn pair(&self) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert_file)
             .and_then(|i| i.collect::<Result<_, _>>())
             .map_err(|e| file_err("--cert-file", &self.cert_file, e))?;
@@ -90,22 +90,33 @@ impl TlsFiles {
         }
         let key = PrivateKeyDer::from_pem_file(&self.key_file)
             .map_err(|e| file_err("--key-file", &self.key_file, e))?;
+        Ok((certs, key))
+    }
+
+    /// The certificates of `--trusted-ca-file` (at least one).
+    fn roots(ca: &Path) -> Result<RootCertStore, TlsError> {
+        let mut roots = RootCertStore::empty();
+        for cert in
+            CertificateDer::pem_file_iter(ca).map_err(|e| file_err("--trusted-ca-file", ca, e))?
+        {
+            let cert = cert.map_err(|e| file_err("--trusted-ca-file", ca, e))?;
+            roots
+                .add(cert)
+                .map_err(|e| file_err("--trusted-ca-file", ca, e))?;
+        }
+        if roots.is_empty() {
+            return Err(file_err("--trusted-ca-file", ca, "no PEM certificate"));
+        }
+        Ok(roots)
+    }
+
+    /// Loads the files into a server configuration offering h2 and HTTP/1.1.
+    pub fn load(&self) -> Result<ServerConfig, TlsError> {
+        let (certs, key) = self.pair()?;
         let builder = ServerConfig::builder();
         let builder = match (&self.trusted_ca_file, self.client_cert_auth) {
             (Some(ca), _) => {
-                let mut roots = RootCertStore::empty();
-                for cert in CertificateDer::pem_file_iter(ca)
-                    .map_err(|e| file_err("--trusted-ca-file", ca, e))?
-                {
-                    let cert = cert.map_err(|e| file_err("--trusted-ca-file", ca, e))?;
-                    roots
-                        .add(cert)
-                        .map_err(|e| file_err("--trusted-ca-file", ca, e))?;
-                }
-                if roots.is_empty() {
-                    return Err(file_err("--trusted-ca-file", ca, "no PEM certificate"));
-                }
-                let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+                let verifier = WebPkiClientVerifier::builder(Arc::new(Self::roots(ca)?))
                     .build()
                     .map_err(|e| file_err("--trusted-ca-file", ca, e))?;
                 builder.with_client_cert_verifier(verifier)
@@ -119,9 +130,7 @@ impl TlsFiles {
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(config)
     }
-}
 
-impl TlsFiles {
     /// The client side of this node's TLS, for reaching the other nodes' client ports
     /// (followers to the leader): their certificates are checked against
     /// `--trusted-ca-file`, and this node presents its own `--cert-file` (certificates for
@@ -129,20 +138,8 @@ impl TlsFiles {
     /// once at start.
     pub fn peer_client_config(&self) -> Result<rustls::ClientConfig, TlsError> {
         let ca = self.trusted_ca_file.as_ref().ok_or(TlsError::NoPeerCa)?;
-        let mut roots = RootCertStore::empty();
-        for cert in
-            CertificateDer::pem_file_iter(ca).map_err(|e| file_err("--trusted-ca-file", ca, e))?
-        {
-            let cert = cert.map_err(|e| file_err("--trusted-ca-file", ca, e))?;
-            roots
-                .add(cert)
-                .map_err(|e| file_err("--trusted-ca-file", ca, e))?;
-        }
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert_file)
-            .and_then(|i| i.collect::<Result<_, _>>())
-            .map_err(|e| file_err("--cert-file", &self.cert_file, e))?;
-        let key = PrivateKeyDer::from_pem_file(&self.key_file)
-            .map_err(|e| file_err("--key-file", &self.key_file, e))?;
+        let roots = Self::roots(ca)?;
+        let (certs, key) = self.pair()?;
         let mut config = rustls::ClientConfig::builder()
             .with_root_certificates(roots)
             .with_client_auth_cert(certs, key)

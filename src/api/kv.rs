@@ -50,13 +50,6 @@ impl KvService {
             .max_encoding_message_size(usize::MAX)
     }
 
-    /// A write's answer, marked with the log position after it for followers.
-    fn written<T>(&self, message: T) -> GrpcResponse<T> {
-        let mut response = GrpcResponse::new(message);
-        forward::mark(&self.ctx.log, &mut response);
-        response
-    }
-
     /// Completes the top-level header only: etcd leaves the per-op headers with just the
     /// revision the engine put there.
     fn fill_txn(&self, t: &mut TxnResponse) {
@@ -119,7 +112,7 @@ impl Kv for KvService {
         match self.ctx.log.write(Request::Put(r)).await? {
             Response::Put(mut p) => {
                 self.ctx.fill(&mut p.header);
-                Ok(self.written(p))
+                Ok(forward::marked(&self.ctx.log, p))
             }
             other => Err(super::unexpected(&other)),
         }
@@ -140,7 +133,7 @@ impl Kv for KvService {
         match self.ctx.log.write(Request::DeleteRange(r)).await? {
             Response::DeleteRange(mut d) => {
                 self.ctx.fill(&mut d.header);
-                Ok(self.written(d))
+                Ok(forward::marked(&self.ctx.log, d))
             }
             other => Err(super::unexpected(&other)),
         }
@@ -178,7 +171,7 @@ impl Kv for KvService {
         Ok(if read_only {
             GrpcResponse::new(resp)
         } else {
-            self.written(resp)
+            forward::marked(&self.ctx.log, resp)
         })
     }
 
@@ -193,9 +186,12 @@ impl Kv for KvService {
             return forward::written(&self.ctx.log, &link, answer).await;
         }
         match self.ctx.log.write(Request::Compact(r.revision)).await? {
-            Response::Compact { revision } => Ok(self.written(CompactionResponse {
-                header: self.ctx.header(revision),
-            })),
+            Response::Compact { revision } => Ok(forward::marked(
+                &self.ctx.log,
+                CompactionResponse {
+                    header: self.ctx.header(revision),
+                },
+            )),
             other => Err(super::unexpected(&other)),
         }
     }

@@ -62,14 +62,15 @@ impl Lease for LeaseService {
         {
             Response::LeaseGrant { id, ttl, revision } => {
                 self.ctx.lessor.granted(id, ttl);
-                let mut answer = GrpcResponse::new(LeaseGrantResponse {
-                    header: self.ctx.header(revision),
-                    id,
-                    ttl,
-                    error: String::new(),
-                });
-                forward::mark(&self.ctx.log, &mut answer);
-                Ok(answer)
+                Ok(forward::marked(
+                    &self.ctx.log,
+                    LeaseGrantResponse {
+                        header: self.ctx.header(revision),
+                        id,
+                        ttl,
+                        error: String::new(),
+                    },
+                ))
             }
             other => Err(super::unexpected(&other)),
         }
@@ -89,11 +90,12 @@ impl Lease for LeaseService {
         match self.ctx.log.write(Request::LeaseRevoke { id }).await? {
             Response::LeaseRevoke { revision } => {
                 self.ctx.lessor.forget(id);
-                let mut answer = GrpcResponse::new(LeaseRevokeResponse {
-                    header: self.ctx.header(revision),
-                });
-                forward::mark(&self.ctx.log, &mut answer);
-                Ok(answer)
+                Ok(forward::marked(
+                    &self.ctx.log,
+                    LeaseRevokeResponse {
+                        header: self.ctx.header(revision),
+                    },
+                ))
             }
             other => Err(super::unexpected(&other)),
         }

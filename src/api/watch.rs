@@ -105,9 +105,7 @@ impl StreamTask {
         let mut roles = self.ctx.node.role_changes();
         // A stream that requires a leader ends once this node has had none for a while,
         // so the client re-watches where there is one.
-        let no_leader = tokio::time::sleep(Duration::MAX);
-        tokio::pin!(no_leader);
-        let mut leaderless = false;
+        let mut leaderless_since: Option<tokio::time::Instant> = None;
         let mut tick = tokio::time::interval(progress_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
@@ -128,16 +126,15 @@ impl StreamTask {
                 }
                 _ = stop.cancelled() => return,
                 _ = roles.changed(), if require_leader => {
-                    let lost = self.ctx.node.leader_id() == 0;
-                    if lost && !leaderless {
-                        no_leader.as_mut().reset(tokio::time::Instant::now() + NO_LEADER_GRACE);
-                    } else if !lost {
-                        no_leader.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(86400 * 365));
-                    }
-                    leaderless = lost;
+                    leaderless_since = match self.ctx.node.leader_id() {
+                        0 => leaderless_since.or_else(|| Some(tokio::time::Instant::now())),
+                        _ => None,
+                    };
                     continue;
                 }
-                _ = &mut no_leader, if leaderless => {
+                _ = tokio::time::sleep_until(
+                    leaderless_since.unwrap_or_else(tokio::time::Instant::now) + NO_LEADER_GRACE
+                ), if leaderless_since.is_some() => {
                     let _ = self.tx.send(Err(super::errors::no_leader())).await;
                     return;
                 }

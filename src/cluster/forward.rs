@@ -105,11 +105,13 @@ fn decode_position(s: &str) -> Option<Position> {
     Some(Position::new(r.parse().ok()?, n.parse().ok()?))
 }
 
-/// On the leader: marks a write's answer with the position after it.
-pub fn mark<T>(log: &Log, response: &mut tonic::Response<T>) {
+/// On the leader: a write's answer, marked with the log position after it.
+pub fn marked<T>(log: &Log, message: T) -> tonic::Response<T> {
+    let mut response = tonic::Response::new(message);
     if let Ok(v) = encode_position(log.next_position()).parse() {
         response.metadata_mut().insert(POSITION_HEADER, v);
     }
+    response
 }
 
 /// Whether a request came from a follower (and must not be forwarded again).
@@ -146,10 +148,9 @@ pub fn leader_error(link: &super::LeaderLink, status: Status) -> Status {
 
 /// Waits until this node's state reaches `position`.
 pub async fn wait_applied(log: &Log, position: Position) -> Result<(), Status> {
-    let never = tokio_util::sync::CancellationToken::new();
-    match tokio::time::timeout(CATCH_UP_TIMEOUT, log.wait_for(position, &never)).await {
-        Ok(true) => Ok(()),
-        _ => Err(Status::new(
+    match tokio::time::timeout(CATCH_UP_TIMEOUT, log.wait_for(position)).await {
+        Ok(()) => Ok(()),
+        Err(_) => Err(Status::new(
             Code::Unavailable,
             format!(
                 "etcdserver: request timed out (this node has not caught up with the leader's {})",

@@ -318,17 +318,10 @@ impl Log {
         *self.next.borrow()
     }
 
-    /// Waits until the published state reaches `position` (or `stop`); false if stopped.
-    pub async fn wait_for(
-        &self,
-        position: Position,
-        stop: &tokio_util::sync::CancellationToken,
-    ) -> bool {
-        let mut rx = self.next.subscribe();
-        tokio::select! {
-            r = rx.wait_for(|p| *p >= position) => r.is_ok(),
-            _ = stop.cancelled() => false,
-        }
+    /// Waits until the published state reaches `position`.
+    pub async fn wait_for(&self, position: Position) {
+        // The sender lives in `self`, so the channel cannot close while this waits.
+        let _ = self.next.subscribe().wait_for(|p| *p >= position).await;
     }
 
     /// Hands a committed chunk to the followers' streams.
