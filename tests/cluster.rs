@@ -223,6 +223,18 @@ async fn writer(
     }
 }
 
+/// The head revision a node serves (serializably).
+async fn follower_head(n: &Netsy) -> i64 {
+    client(n)
+        .await
+        .get("/", Some(GetOptions::new().with_serializable()))
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision()
+}
+
 /// The longest gap between acknowledgements after `from`.
 fn longest_gap(times: &[Instant], from: Instant) -> Duration {
     let mut last = from;
@@ -288,6 +300,12 @@ async fn a_follower_takes_over_after_kill_9_and_sigterm() {
         .get("/w/", Some(GetOptions::new().with_serializable()))
         .await
         .expect("a leader exists");
+    // A require-leader watch on a follower outlives a failover shorter than its grace.
+    let mut watch = require_leader
+        .watch("/w/", Some(WatchOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let head_at_kill = follower_head(&nodes[1]).await;
     let killed = Instant::now();
     nodes[0].kill9();
     let mut follower = client(&nodes[1]).await;
@@ -329,6 +347,21 @@ async fn a_follower_takes_over_after_kill_9_and_sigterm() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let after_kill = longest_gap(&times.lock().unwrap(), killed);
+    let mut newest = 0;
+    while newest <= head_at_kill + 5 {
+        let msg = tokio::time::timeout(Duration::from_secs(10), watch.message())
+            .await
+            .expect("the require-leader watch went quiet")
+            .expect("the require-leader watch failed across the failover")
+            .expect("the require-leader watch ended across the failover");
+        assert!(!msg.canceled(), "canceled: {}", msg.cancel_reason());
+        newest = msg
+            .events()
+            .iter()
+            .filter_map(|e| e.kv().map(|kv| kv.mod_revision()))
+            .max()
+            .unwrap_or(newest);
+    }
 
     // SIGTERM: the leader releases its lease and a follower takes it at once.
     let leader = {
