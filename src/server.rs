@@ -12,7 +12,7 @@ use crate::cluster::role::{Renewing, RoleLoop, Settings, Start};
 use crate::cluster::{Member, Node};
 use crate::http::{self, Health, Phase};
 use crate::lease::Lessor;
-use crate::log::leader::{Identity, Leader, LeaderError, LeaderTiming};
+use crate::log::leader::{Leader, LeaderError, LeaderTiming};
 use crate::log::recovery::recover_cluster;
 use crate::log::snapshot::SnapshotPolicy;
 use crate::log::{Log, WriterConfig};
@@ -131,11 +131,6 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         },
     };
     let holder = format!("{}-{:08x}", config.name, rand::random::<u32>());
-    let identity = Identity {
-        member_id: me.id,
-        name: me.name.clone(),
-        client_urls: me.client_urls.clone(),
-    };
 
     // A free lease (a new bucket, or a leader that released it) is taken before the
     // replay, so the replay sees every chunk a previous leader could have acknowledged.
@@ -149,6 +144,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let mut lead = None;
     if view.as_ref().is_none_or(|v| v.released) {
         let contention = crate::log::leader::Contention::default();
+        let identity = (&me).into();
         let acquire = Leader::acquire(
             store.clone(),
             &holder,
@@ -299,7 +295,6 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             store: store.clone(),
             settings: Settings {
                 holder,
-                identity,
                 timing: config.leader,
                 writer: config.writer.clone(),
                 snapshots: config.snapshots.clone(),

@@ -50,6 +50,17 @@ impl From<&Member> for pb::Member {
     }
 }
 
+/// The lease object names its holder this way.
+impl From<&Member> for crate::log::leader::Identity {
+    fn from(m: &Member) -> Self {
+        Self {
+            member_id: m.id,
+            name: m.name.clone(),
+            client_urls: m.client_urls.clone(),
+        }
+    }
+}
+
 impl From<pb::Member> for Member {
     fn from(m: pb::Member) -> Self {
         Member {

@@ -10,7 +10,7 @@
 use super::{follower, Node, Role};
 use crate::lease::Lessor;
 use crate::log::layout::Position;
-use crate::log::leader::{Identity, Leader, LeaderError, LeaderTiming};
+use crate::log::leader::{Leader, LeaderError, LeaderTiming};
 use crate::log::snapshot::{self, SnapshotPolicy};
 use crate::log::{run_writer, Log, Queue, WriteError, WriterConfig, WriterExit};
 use crate::store::DynStore;
@@ -59,7 +59,6 @@ pub enum Start {
 #[derive(Clone)]
 pub struct Settings {
     pub holder: String,
-    pub identity: Identity,
     pub timing: LeaderTiming,
     pub writer: WriterConfig,
     pub snapshots: SnapshotPolicy,
@@ -195,10 +194,11 @@ impl RoleLoop {
             // Writes reach this queue only from a node that believed it was leading a
             // moment ago; everything else is forwarded by the API.
             let acquired = {
+                let identity = (&self.node.me).into();
                 let acquire = Leader::acquire(
                     self.store.clone(),
                     &settings.holder,
-                    &settings.identity,
+                    &identity,
                     settings.timing,
                     &self.stop,
                     &self.node.contention,
