@@ -9,7 +9,8 @@
 # target/debug/netsy), etcd (embedded, the version the apiserver module pins) or kine
 # (SQLite; built by scripts/kube-build.sh refs). Exits non-zero when a test failed.
 # The full `go test -v` output is kept in target/kube/storage-VERSION-TARGET[-LABEL].log
-# (KUBE_STORAGE_LABEL); kine takes KINE_ENDPOINT and KINE_ARGS (tests/kube/storage).
+# (KUBE_STORAGE_LABEL); kine takes KINE_ENDPOINT and KINE_ARGS, netsy NETSY_STORAGE_S3=1 (on
+# LocalStack) and NETSY_STORAGE_FOLLOWER=1 (through a follower) (tests/kube/storage).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 version=${1:-1.37}

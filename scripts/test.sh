@@ -57,6 +57,9 @@ NETSY_TEST_ETCD=$refs/etcd NETSY_TEST_ETCDCTL=$refs/etcdctl \
 echo "test.sh: RangeStream against etcd 3.7, message by message (tests/kube/etcdapi)" >&2
 (cd tests/kube && NETSY_BIN="$PWD/../../target/debug/netsy" go test -count=1 ./etcdapi/)
 scripts/kube-storage.sh 1.37 netsy
+# The same suites through a follower: every write forwarded, every read and watch served
+# from the second node's state.
+KUBE_STORAGE_LABEL=follower NETSY_STORAGE_FOLLOWER=1 scripts/kube-storage.sh 1.37 netsy
 scripts/kube-storage.sh 1.34 netsy
 # A real control plane (kube-apiserver, controller-manager, scheduler 1.37) on Netsy, driven
 # by kubectl: on the directory store with mutual TLS, and on LocalStack in plain HTTP.

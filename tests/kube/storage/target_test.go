@@ -2,7 +2,8 @@ package storage
 
 // The datastore under test. KUBE_STORAGE_TARGET picks it: "netsy" (the default: a
 // `netsy serve` process on a fresh directory store per test, or on a fresh LocalStack
-// prefix with NETSY_STORAGE_S3=1; NETSY_BIN names the binary), "etcd" (an embedded etcd
+// prefix with NETSY_STORAGE_S3=1; with NETSY_STORAGE_FOLLOWER=1 a second node follows it
+// and the suite talks to that follower only; NETSY_BIN names the binary), "etcd" (an embedded etcd
 // server from go.etcd.io/etcd/server/v3, the reference the upstream suite runs against) or
 // "kine" (a `kine` process, KINE_BIN, on a fresh database per test). Every test gets a store of its own, as upstream's do.
 
@@ -82,11 +83,55 @@ func startNetsy(t testing.TB, opts targetOptions) string {
 		t.Setenv("AWS_REGION", "us-east-1")
 		opts.extra = args
 	}
-	args := append([]string{"serve", "--store", store, "--name", "storage-suite"}, opts.extra...)
+	args := append([]string{"serve", "--store", store}, opts.extra...)
 	if opts.progressNotify > 0 {
 		args = append(args, "--progress-notify-interval-ms", strconv.Itoa(int(opts.progressNotify/time.Millisecond)))
 	}
-	return "http://" + servers.Start(t, servers.NetsyBin(t), args, "--listen-client-addr", "serving etcd v3 API", dir)
+	start := func(name string) string {
+		return "http://" + servers.Start(t, servers.NetsyBin(t), append(args, "--name", name), "--listen-client-addr", "serving etcd v3 API", dir)
+	}
+	leader := start("storage-suite")
+	if os.Getenv("NETSY_STORAGE_FOLLOWER") == "" {
+		return leader
+	}
+	// A second node on the same store follows the first; the suite talks only to it, so
+	// every write is forwarded and every read and watch served from a follower's state.
+	follower := start("storage-suite-follower")
+	waitFollowing(t, follower, leader)
+	return follower
+}
+
+// waitFollowing waits until the node at follower reports the node at leader as its leader.
+func waitFollowing(t testing.TB, follower, leader string) {
+	t.Helper()
+	ids := map[string]uint64{}
+	for _, ep := range []string{leader, follower} {
+		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, DialTimeout: 10 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			s, err := cli.Status(ctx, ep)
+			cancel()
+			if err == nil && s.Leader != 0 {
+				ids[ep] = s.Leader
+				if ep == leader && s.Leader != s.Header.MemberId {
+					t.Fatalf("the first node does not lead: %+v", s)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s has no leader: %v", ep, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		_ = cli.Close()
+	}
+	if ids[leader] != ids[follower] {
+		t.Fatalf("the follower's leader is %x, not %x", ids[follower], ids[leader])
+	}
 }
 func kineBin(t testing.TB) string {
 	bin := os.Getenv("KINE_BIN")
