@@ -134,7 +134,10 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
 
     // A free lease (a new bucket, or a leader that released it) is taken before the
     // replay, so the replay sees every chunk a previous leader could have acknowledged.
-    // A held one means another node leads: replay without it and follow that node.
+    // A held one means another node leads: replay without it and follow that node. So
+    // does one released by a leader that had followers (a rolling replacement): they are
+    // caught up and take it within moments, where this node would first replay; if none
+    // does, this node takes it once replayed, as any follower would.
     health.set_phase(Phase::WaitingForLease);
     let lease_started = Instant::now();
     let view = match Leader::read(&store).await {
@@ -142,7 +145,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         Err(e) => return Err(e).context("reading the leader lease"),
     };
     let mut lead = None;
-    if view.as_ref().is_none_or(|v| v.released) {
+    if view.as_ref().is_none_or(|v| v.released && v.followers == 0) {
         let contention = crate::log::leader::Contention::default();
         let identity = (&me).into();
         let acquire = Leader::acquire(

@@ -222,14 +222,17 @@ impl From<WriteError> for Status {
     fn from(e: WriteError) -> Self {
         match e {
             WriteError::Mvcc(m) => m.into(),
+            // etcd's exact descriptions (clients match them: `rpctypes.ErrNoLeader`); the
+            // reason goes to the log.
             WriteError::NotLeader | WriteError::Fenced { .. } | WriteError::LeaseExpired => {
                 // Retryable: the client tries again (or elsewhere) once a leader serves.
-                Status::new(Code::Unavailable, format!("etcdserver: no leader ({e})"))
+                tracing::info!(error = %e, "write refused: no leader");
+                Status::new(Code::Unavailable, "etcdserver: no leader")
             }
-            WriteError::Store { .. } => Status::new(
-                Code::Unavailable,
-                format!("etcdserver: request timed out ({e})"),
-            ),
+            WriteError::Store { .. } | WriteError::Abandoned => {
+                tracing::warn!(error = %e, "write failed: the chunk was not stored");
+                Status::new(Code::Unavailable, "etcdserver: request timed out")
+            }
             WriteError::TooLarge(_) => errors::request_too_large(),
             WriteError::NoSpace => Status::new(
                 Code::ResourceExhausted,

@@ -13,9 +13,10 @@ use crate::format;
 use crate::log::layout::{self, chunk_key, Position};
 use crate::log::leader::Leader;
 use crate::log::recovery::{self, apply_records, check_cluster, chunk_position, RecoveryError};
-use crate::log::Log;
+use crate::log::{Committed, Log};
 use crate::proto::peer::{self as pb, follow_event::Event};
 use crate::store::{DynStore, StoreError};
+use bytes::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,8 +24,16 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a stream may stay silent (the leader sends a heartbeat every
 /// [`super::peer::HEARTBEAT`]) before the leader is presumed gone: a paused leader keeps
-/// its connections open.
-const SILENCE: Duration = Duration::from_secs(3);
+/// its connections open. Short, because a chunk the leader had in flight when it stopped
+/// is only seen in the bucket once the follower looks there, and a contender dates that
+/// sign of life from when it saw it: a paused leader is replaced about SILENCE plus the
+/// lease's patience after it stopped. Too short costs little: a follower that wrongly
+/// presumes a live leader gone reads the bucket and reconnects, and does not take over
+/// while the leader's chunks or renewals keep coming.
+const SILENCE: Duration = Duration::from_millis(1250);
+
+/// How long a follower without a stream reads the bucket before it tries the leader again.
+const TAIL_BUDGET: Duration = Duration::from_secs(1);
 
 /// Between attempts to find and reach a leader.
 const RETRY: Duration = Duration::from_millis(500);
@@ -55,10 +64,10 @@ pub fn apply_chunk(
     log: &Log,
     key: &str,
     position: Position,
-    data: &[u8],
+    data: Bytes,
     cluster_id: u64,
 ) -> Result<(), FollowError> {
-    let file = format::decode(key, data)?;
+    let file = format::decode(key, &data)?;
     check_cluster(key, file.header.cluster_id, cluster_id)?;
     let (at, after) = chunk_position(key, position.seq, &file)?;
     if at != position {
@@ -69,6 +78,7 @@ pub fn apply_chunk(
     let mut state = (*log.state()).clone();
     apply_records(&mut state, key, file.records)?;
     log.publish(state, after);
+    log.remember(Committed { position, data });
     Ok(())
 }
 
@@ -80,23 +90,29 @@ fn applied(source: &str) {
 }
 
 /// Reads from the bucket every chunk from the published state's next position on, until
-/// one is missing. Returns whether the bucket had no more (true) or the node must reload
-/// because `target` is not reached yet and the next chunk is gone (false).
+/// one is missing (or `budget` is spent). Returns whether the bucket had no more (true) or
+/// the node must reload because `target` is not reached yet and the next chunk is gone
+/// (false).
 async fn read_chunks(
     log: &Log,
     store: &DynStore,
     cluster_id: u64,
     target: Option<Position>,
+    budget: Option<Duration>,
 ) -> Result<bool, FollowError> {
+    let started = tokio::time::Instant::now();
     loop {
         let next = log.next_position();
         if target.is_some_and(|t| next >= t) {
             return Ok(true);
         }
+        if budget.is_some_and(|b| started.elapsed() >= b) {
+            return Ok(true);
+        }
         let key = chunk_key(next);
         match store.get(&key).await {
             Ok(obj) => {
-                apply_chunk(log, &key, next, &obj.data, cluster_id)?;
+                apply_chunk(log, &key, next, obj.data, cluster_id)?;
                 applied("bucket");
             }
             Err(StoreError::NotFound { .. }) => return Ok(target.is_none()),
@@ -113,6 +129,7 @@ pub async fn reload(log: &Log, store: &DynStore, cluster_id: u64) -> Result<(), 
         next = %rec.next,
         "reloaded from the bucket"
     );
+    log.forget_recent();
     log.publish(rec.state, rec.next);
     Ok(())
 }
@@ -125,7 +142,7 @@ pub async fn catch_up(
     store: &DynStore,
     cluster_id: u64,
 ) -> Result<Option<i64>, FollowError> {
-    read_chunks(log, store, cluster_id, None).await?;
+    read_chunks(log, store, cluster_id, None, None).await?;
     let newest = store
         .list(layout::SNAPSHOTS, None)
         .await?
@@ -154,7 +171,7 @@ async fn fill_to(
     if log.next_position() >= head {
         return Ok(());
     }
-    if !read_chunks(log, store, cluster_id, Some(head)).await? {
+    if !read_chunks(log, store, cluster_id, Some(head), None).await? {
         tracing::info!(next = %log.next_position(), leader_head = %head, "the next chunk is no longer in the bucket; reloading");
         reload(log, store, cluster_id).await?;
     }
@@ -187,8 +204,10 @@ pub async fn run(
                 last_error = text;
             }
             // Unreachable is not gone: a leader cut off from this node may still write to
-            // the bucket, which this node then reads.
-            if let Err(e) = read_chunks(&log, &store, cluster_id, None).await {
+            // the bucket, which this node then reads. For a while only, then it tries the
+            // leader again: read one GET at a time, the bucket may never run out under a
+            // busy leader, whose stream (and its backlog) would bring the rest at once.
+            if let Err(e) = read_chunks(&log, &store, cluster_id, None, Some(TAIL_BUDGET)).await {
                 tracing::warn!(error = %e, "reading the bucket's newest chunks failed");
             }
         }
@@ -236,7 +255,10 @@ async fn follow_once(
         next: Some(log.next_position().into()),
     };
     let mut stream = tokio::select! {
-        r = client.follow(request) => r.map_err(|e| FollowError::Protocol(format!("{url}: {}", e.message())))?.into_inner(),
+        r = tokio::time::timeout(SILENCE, client.follow(request)) => r
+            .map_err(|_| FollowError::Protocol(format!("the leader at {url} did not answer within {SILENCE:?}")))?
+            .map_err(|e| FollowError::Protocol(format!("{url}: {}", e.message())))?
+            .into_inner(),
         _ = stop.cancelled() => return Ok(()),
     };
     let mut linked = false;
@@ -271,7 +293,10 @@ async fn follow_once(
                 term.store(h.term, Ordering::Relaxed);
                 node.contention.observe(Some(&h.lease_etag));
                 let member: Member = h.leader.unwrap_or_default().into();
-                fill_to(log, store, cluster_id, h.head.unwrap_or_default().into()).await?;
+                // The chunks from backlog_from on come next in the stream.
+                let head: Position = h.head.unwrap_or_default().into();
+                let from_bucket = h.backlog_from.map_or(head, |b| head.min(b.into()));
+                fill_to(log, store, cluster_id, from_bucket).await?;
                 node.set_role(Role::Following(Arc::new(LeaderLink {
                     member,
                     term: h.term,
@@ -289,7 +314,7 @@ async fn follow_once(
                     fill_to(log, store, cluster_id, position).await?;
                 }
                 if log.next_position() == position {
-                    apply_chunk(log, &chunk_key(position), position, &c.data, cluster_id)?;
+                    apply_chunk(log, &chunk_key(position), position, c.data, cluster_id)?;
                     applied("stream");
                 }
             }

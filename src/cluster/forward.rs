@@ -132,31 +132,39 @@ pub fn outbound<T>(message: T) -> tonic::Request<T> {
 /// The leader's answer as the client gets it: etcd's own errors pass through; a leader
 /// that cannot be reached is etcd's retryable "no leader".
 pub fn leader_error(link: &super::LeaderLink, status: Status) -> Status {
-    if status.message().starts_with("etcdserver:") || status.code() != Code::Unavailable {
-        status
-    } else {
-        Status::new(
-            Code::Unavailable,
-            format!(
-                "etcdserver: no leader (forwarding to {}: {})",
-                link.member.client_urls.first().map_or("?", |u| u.as_str()),
-                status.message()
-            ),
-        )
-    }
+    let why = match status.code() {
+        _ if status.message().starts_with("etcdserver:") => return status,
+        // Not reached: the request was not sent.
+        Code::Unavailable => "etcdserver: no leader",
+        // The connection broke with the request in flight (tonic's "transport error"; no
+        // handler of ours answers Unknown): it may or may not have been applied, which is
+        // what etcd's error for a lost connection says (also Unavailable).
+        Code::Unknown => "etcdserver: request timed out, possibly due to connection lost",
+        _ => return status,
+    };
+    tracing::info!(
+        leader = link.member.client_urls.first().map_or("?", |u| u.as_str()),
+        error = status.message(),
+        answer = why,
+        "forwarding to the leader failed"
+    );
+    Status::new(Code::Unavailable, why)
 }
 
 /// Waits until this node's state reaches `position`.
 pub async fn wait_applied(log: &Log, position: Position) -> Result<(), Status> {
     match tokio::time::timeout(CATCH_UP_TIMEOUT, log.wait_for(position)).await {
         Ok(()) => Ok(()),
-        Err(_) => Err(Status::new(
-            Code::Unavailable,
-            format!(
-                "etcdserver: request timed out (this node has not caught up with the leader's {})",
-                encode_position(position)
-            ),
-        )),
+        Err(_) => {
+            tracing::warn!(
+                position = %encode_position(position),
+                "request timed out: this node has not caught up with the leader's position"
+            );
+            Err(Status::new(
+                Code::Unavailable,
+                "etcdserver: request timed out",
+            ))
+        }
     }
 }
 
@@ -245,10 +253,15 @@ impl Node {
         match tokio::time::timeout(CATCH_UP_TIMEOUT, call).await {
             Ok(Ok(r)) => Ok(r.into_inner().committed.unwrap_or_default().into()),
             Ok(Err(status)) => Err(leader_error(&link, status)),
-            Err(_) => Err(Status::new(
-                Code::Unavailable,
-                "etcdserver: request timed out (the leader did not confirm its committed position)",
-            )),
+            Err(_) => {
+                tracing::warn!(
+                    "read index timed out: the leader did not confirm its committed position"
+                );
+                Err(Status::new(
+                    Code::Unavailable,
+                    "etcdserver: request timed out",
+                ))
+            }
         }
     }
 

@@ -216,6 +216,11 @@ impl Node {
         }
     }
 
+    /// On the leader: how many followers are streaming from it.
+    pub fn follower_count(&self) -> usize {
+        self.followers.len()
+    }
+
     /// Records a follower's new stream; returns the stream's number.
     pub(crate) fn follower_joined(&self, m: Member) -> u64 {
         let stream = self

@@ -1,8 +1,9 @@
 //! The leader's side of the peer protocol, served on every node's client port (a node that
 //! is not leading refuses it, and the follower looks for the leader again).
 //!
-//! `Follow` sends a hello with the leader's head, then every chunk the writer commits, in
-//! order, as the bytes of the object it PUT. A follower that falls behind the in-memory
+//! `Follow` sends a hello with the leader's head, then the chunks the follower is missing
+//! that this node still has in memory (see `log::recent`), then every chunk the writer
+//! commits, in order, as the bytes of the object it PUT. A follower that falls behind the in-memory
 //! feed is sent a heartbeat instead, whose head tells it to read the rest from the bucket:
 //! the leader never buffers without bound for a slow follower.
 
@@ -76,17 +77,30 @@ impl Peer for PeerService {
         let mut roles = self.node.role_changes();
         let mut feed = self.log.feed();
         let head = self.log.next_position();
+        // What the follower missed, from memory when this node still has it all.
+        let since = r.next.map(crate::log::layout::Position::from);
+        let backlog = since.and_then(|n| self.log.recent_from(n));
         let hello = pb::Hello {
             leader: Some((&self.node.me).into()),
             term: self.term.load(Ordering::Relaxed),
             cluster_id: self.cluster_id,
             head: Some(head.into()),
             lease_etag: self.log.lease_etag(),
+            backlog_from: since.filter(|_| backlog.is_some()).map(Into::into),
         };
         let (node, log, stop) = (self.node.clone(), self.log.clone(), self.stop.clone());
         let out = crate::api::lease::async_stream(move |tx| async move {
             if tx.send(event(Event::Hello(hello))).await.is_err() {
                 return;
+            }
+            for c in backlog.into_iter().flatten() {
+                let chunk = Event::Chunk(pb::Chunk {
+                    position: Some(c.position.into()),
+                    data: c.data,
+                });
+                if tx.send(event(chunk)).await.is_err() {
+                    return;
+                }
             }
             let id = member.id;
             let stream = node.follower_joined(member);

@@ -152,6 +152,8 @@ impl RoleLoop {
             }
         };
         renew_stop.cancel();
+        // Counted before stepping down closes their streams.
+        let followers = self.node.follower_count();
         log.set_leader(None);
         self.node.set_role(Role::NoLeader);
         let _ = snapshotter.await;
@@ -160,7 +162,7 @@ impl RoleLoop {
         match exit {
             WriterExit::Shutdown | WriterExit::Closed => {
                 self.queue.reject_pending(&WriteError::Shutdown);
-                if let Err(e) = leader.release().await {
+                if let Err(e) = leader.release(followers).await {
                     tracing::warn!(error = %e, "could not release the leader lease");
                 }
                 false
@@ -238,7 +240,7 @@ impl RoleLoop {
                 Err(e) => {
                     tracing::error!(error = %e, "catching up with the bucket failed; releasing leadership and retrying");
                     renewing.stop().await;
-                    let _ = leader.release().await;
+                    let _ = leader.release(0).await;
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }

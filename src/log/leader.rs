@@ -42,6 +42,10 @@ struct Doc {
     /// The cluster this bucket's log belongs to (0 until the first holder recovered it).
     #[serde(default, skip_serializing_if = "is_zero")]
     cluster_id: u64,
+    /// On release: how many followers were streaming from the holder. A node starting then
+    /// leaves the lease to them (they are caught up; it would first have to replay).
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    followers: u32,
     /// Who holds it and where followers reach it (absent in leases written before followers).
     #[serde(flatten)]
     identity: Identity,
@@ -65,12 +69,18 @@ pub struct LeaseView {
     pub holder: String,
     pub term: u64,
     pub released: bool,
+    /// On a released lease, how many followers the holder had when it let go.
+    pub followers: u32,
     pub cluster_id: u64,
     pub identity: Identity,
     pub etag: String,
 }
 
 fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+fn is_zero_u32(v: &u32) -> bool {
     *v == 0
 }
 
@@ -275,6 +285,7 @@ impl Leader {
             holder: doc.holder,
             term: doc.term,
             released: doc.released,
+            followers: doc.followers,
             cluster_id: doc.cluster_id,
             identity: doc.identity,
             etag: obj.etag,
@@ -341,6 +352,11 @@ impl Leader {
                                 Ok(_) => {
                                     // The holder writes chunks this node has not applied:
                                     // alive (the follower reads them from the bucket).
+                                    tracing::info!(
+                                        holder = %doc.holder,
+                                        chunk = %key,
+                                        "the holder wrote a chunk this node has not applied: waiting again"
+                                    );
                                     contention.saw_life();
                                     continue;
                                 }
@@ -360,6 +376,7 @@ impl Leader {
                 written_at_ms: now_ms(),
                 released: false,
                 cluster_id,
+                followers: 0,
                 identity: identity.clone(),
             };
             let sent = Instant::now();
@@ -522,12 +539,14 @@ impl Leader {
     }
 
     /// Marks the lease released so a successor takes over at once.
-    pub async fn release(&self) -> Result<(), LeaderError> {
+    /// Releases the lease, saying how many `followers` were streaming from this node.
+    pub async fn release(&self, followers: usize) -> Result<(), LeaderError> {
         let (mut doc, etag) = {
             let held = self.held.lock().unwrap();
             (held.doc.clone(), held.etag.clone())
         };
         doc.released = true;
+        doc.followers = u32::try_from(followers).unwrap_or(u32::MAX);
         doc.written_at_ms = now_ms();
         match self
             .store
@@ -589,7 +608,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(300)).await;
         a.renew().await.unwrap();
         assert!(!b.is_finished(), "b must wait while a renews");
-        a.release().await.unwrap();
+        a.release(0).await.unwrap();
         assert!(!a.is_valid());
         let b = b.await.unwrap().unwrap();
         assert_eq!(b.term(), 2);
@@ -877,7 +896,7 @@ mod tests {
             })
         };
         tokio::time::sleep(Duration::from_millis(200)).await;
-        a.release().await.unwrap();
+        a.release(0).await.unwrap();
         let released = Instant::now();
         contention.wake();
         let b = b.await.unwrap().unwrap();

@@ -12,6 +12,7 @@
 
 pub mod layout;
 pub mod leader;
+mod recent;
 pub mod recovery;
 pub mod snapshot;
 pub(crate) mod writer;
@@ -101,6 +102,10 @@ pub enum WriteError {
     NoSpace,
     #[error("shutting down")]
     Shutdown,
+    /// The writer stopped (deposed, or cut off from the store) with this write in a batch
+    /// whose PUT may or may not have landed: like a crash, the outcome is unknown.
+    #[error("the writer stopped with this write in flight; its outcome is unknown")]
+    Abandoned,
 }
 
 impl WriteError {
@@ -139,6 +144,8 @@ pub struct Log {
     next: watch::Sender<Position>,
     /// Every chunk this node's writer commits, for the followers' streams.
     feed: broadcast::Sender<Committed>,
+    /// The chunks this node applied last, for followers that (re)connect behind the feed.
+    recent: Arc<std::sync::Mutex<recent::Recent>>,
     queue: mpsc::Sender<Proposal>,
     written: Arc<Written>,
     /// The lease under which the published state is known to be the newest: linearizable
@@ -261,6 +268,7 @@ impl Log {
                 head,
                 next: watch::channel(next).0,
                 feed: broadcast::channel(FEED_DEPTH).0,
+                recent: Arc::default(),
                 queue: tx,
                 written: Arc::default(),
                 leader: Arc::default(),
@@ -326,8 +334,26 @@ impl Log {
 
     /// Hands a committed chunk to the followers' streams.
     pub(crate) fn committed(&self, chunk: Committed) {
+        // Kept before it is sent: a follower that subscribes to the feed and then reads
+        // the window sees every chunk in one or the other (or both, and skips the copy).
+        self.remember(chunk.clone());
         // No receiver is not an error: a node without followers.
         let _ = self.feed.send(chunk);
+    }
+
+    /// Keeps a chunk this node applied (as leader or follower) in the recent window.
+    pub(crate) fn remember(&self, chunk: Committed) {
+        self.recent.lock().expect("recent chunks").push(chunk);
+    }
+
+    /// Forgets the recent window (the state was replaced by a reload).
+    pub(crate) fn forget_recent(&self) {
+        self.recent.lock().expect("recent chunks").clear();
+    }
+
+    /// The chunks this node applied from log position `next` on, if it still has them all.
+    pub fn recent_from(&self, next: Position) -> Option<Vec<Committed>> {
+        self.recent.lock().expect("recent chunks").from(next)
     }
 
     /// The chunks committed from now on.
@@ -352,7 +378,7 @@ impl Log {
             .send(Proposal { request, reply })
             .await
             .map_err(|_| WriteError::Shutdown)?;
-        rx.await.map_err(|_| WriteError::Shutdown)?
+        rx.await.map_err(|_| WriteError::Abandoned)?
     }
 }
 

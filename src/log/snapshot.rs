@@ -203,13 +203,24 @@ pub async fn run(
             bytes,
             "snapshot check"
         );
+        // Revisions since the newest snapshot count as records too: a log whose leaders
+        // change more often than each of them writes `every_records` must still be
+        // snapshotted, or every restart replays it all.
         let due = state.revision > last_rev
             && (records >= policy.every_records
+                || (state.revision - last_rev) as u64 >= policy.every_records
                 || bytes >= policy.every_bytes
                 || last_at.elapsed() >= policy.max_age);
+        // A leader that stops (shutdown, deposed) abandons a snapshot or clean-up in
+        // progress rather than hold up its release of the lease: a successor takes both
+        // over, and a half-done clean-up only deletes chunks a snapshot already covers.
         if due {
             let started = Instant::now();
-            match write_snapshot(store.as_ref(), state.clone(), &leader_id, cluster_id).await {
+            let written = tokio::select! {
+                w = write_snapshot(store.as_ref(), state.clone(), &leader_id, cluster_id) => w,
+                _ = stop.cancelled() => return,
+            };
+            match written {
                 Ok(_) => {
                     tracing::info!(
                         revision = state.revision,
@@ -228,7 +239,11 @@ pub async fn run(
             }
         }
         if last_cleanup.is_none_or(|t| t.elapsed() >= cleanup_every) {
-            match clean_up(store.as_ref(), policy.grace, policy.keep).await {
+            let cleaned = tokio::select! {
+                c = clean_up(store.as_ref(), policy.grace, policy.keep) => c,
+                _ = stop.cancelled() => return,
+            };
+            match cleaned {
                 Ok(_) => last_cleanup = Some(Instant::now()),
                 Err(e) => tracing::warn!(error = %e, "clean-up failed; will retry"),
             }
