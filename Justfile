@@ -59,3 +59,9 @@ kube-storage VERSION="1.37" TARGET="netsy":
 kube-e2e VERSION="1.37" STORE="dir" TLS="mtls":
     cargo build
     scripts/kube-e2e.sh {{VERSION}} {{STORE}} {{TLS}}
+
+# Three nodes on LocalStack failing over under load for DURATION (tests/robustness).
+robustness DURATION="2m":
+    cargo build
+    scripts/localstack.sh start
+    cd tests/robustness && ROBUSTNESS_DURATION={{DURATION}} go test -count=1 -v -timeout 30m ./...

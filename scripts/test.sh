@@ -10,8 +10,9 @@
 # file, into target/kube. Then starts LocalStack, and runs cargo fmt --check, clippy with
 # -D warnings, every test (unit tests, and behaviour tests against the real binary,
 # LocalStack and etcd 3.4), the etcd comparisons again against etcd 3.7, Kubernetes'
-# storage suites (1.37 and 1.34) and a 1.37 control plane on Netsy, and each fuzz target
-# for 30 s.
+# storage suites (1.37 and 1.34, and 1.37 through a follower), a 1.37 control plane on
+# Netsy, three nodes failing over under load (tests/robustness), and each fuzz target for
+# 30 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,6 +49,8 @@ fi
   || { echo "test.sh: tests/kube is not gofmt/vet clean" >&2; exit 1; }
 (cd tests/refs && test -z "$(gofmt -l .)" && go vet ./...) \
   || { echo "test.sh: tests/refs is not gofmt/vet clean" >&2; exit 1; }
+(cd tests/robustness && test -z "$(gofmt -l .)" && go vet ./...) \
+  || { echo "test.sh: tests/robustness is not gofmt/vet clean" >&2; exit 1; }
 # etcd 3.7 (built from go.etcd.io/etcd, what kube-apiserver 1.34+ is built against) as the
 # reference beside Debian's 3.4: the suites that compare Netsy with etcd run again on it.
 refs=$(scripts/kube-build.sh refs)
@@ -65,5 +68,10 @@ scripts/kube-storage.sh 1.34 netsy
 # by kubectl: on the directory store with mutual TLS, and on LocalStack in plain HTTP.
 scripts/kube-e2e.sh 1.37 dir mtls
 scripts/kube-e2e.sh 1.37 s3 plain
+# Three nodes on LocalStack under Kubernetes-shaped load, the leader killed, paused or
+# stopped every 10 s for two minutes; acknowledged writes, watches and linearizability
+# checked (porcupine).
+echo "test.sh: failovers under load (tests/robustness)" >&2
+(cd tests/robustness && NETSY_BIN="$PWD/../../target/debug/netsy" go test -count=1 -v -timeout 15m ./...)
 echo "test.sh: fuzzing (scripts/fuzz.sh)" >&2
 scripts/fuzz.sh
