@@ -118,6 +118,9 @@ WantedBy=multi-user.target
 UNIT
 systemctl daemon-reload
 systemctl enable --now netsy
-# Health checks on port 2381: /livez for the ASG (a standby waiting for the leader lease is
+# Health checks on port 2381: /livez for the ASG (a node replaying or between leaders is
 # alive), /readyz for the load balancer's target group (200 once the bucket is replayed and
-# the client API serves; a standby answers 503 until it takes over).
+# the node leads, or follows the leader and has caught up with it; 503 while no node leads).
+# Every node of the group serves: a kube-apiserver beside each can use 127.0.0.1:2379.
+# Terminating an instance stops the unit with SIGTERM: a leader hands over to a follower
+# before it drains, so scale-in and instance refresh cost writes a fraction of a second.

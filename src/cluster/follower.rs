@@ -262,6 +262,7 @@ async fn follow_once(
         _ = stop.cancelled() => return Ok(()),
     };
     let mut linked = false;
+    let mut awaiting: Option<(Arc<LeaderLink>, Position)> = None;
     loop {
         let message = tokio::select! {
             m = tokio::time::timeout(SILENCE, stream.message()) => m,
@@ -297,11 +298,18 @@ async fn follow_once(
                 let head: Position = h.head.unwrap_or_default().into();
                 let from_bucket = h.backlog_from.map_or(head, |b| head.min(b.into()));
                 fill_to(log, store, cluster_id, from_bucket).await?;
-                node.set_role(Role::Following(Arc::new(LeaderLink {
+                let link = Arc::new(LeaderLink {
                     member,
                     term: h.term,
                     channel: channel.clone(),
-                })));
+                });
+                // Following (ready, forwarding, serving linearizable reads) once caught up
+                // with the hello's head: after the backlog, if any.
+                if log.next_position() >= head {
+                    node.set_role(Role::Following(link));
+                } else {
+                    awaiting = Some((link, head));
+                }
                 linked = true;
             }
             Some(Event::Chunk(c)) if linked => {
@@ -327,6 +335,14 @@ async fn follow_once(
                 return Err(FollowError::Protocol(format!(
                     "{url} sent a stream that does not start with a hello"
                 )))
+            }
+        }
+        if awaiting
+            .as_ref()
+            .is_some_and(|(_, head)| log.next_position() >= *head)
+        {
+            if let Some((link, _)) = awaiting.take() {
+                node.set_role(Role::Following(link));
             }
         }
     }
