@@ -101,7 +101,7 @@ struct Diff {
     etcd: Side,
     netsy: Side,
     _etcd: Etcd,
-    _netsy: Netsy,
+    _netsy: Vec<Netsy>,
     steps: usize,
 }
 
@@ -111,6 +111,8 @@ type Outcome<T> = Result<T, (tonic::Code, String)>;
 enum Backend {
     File,
     S3,
+    /// S3, the client talking to a follower of the node that leads.
+    Follower,
 }
 
 impl Diff {
@@ -118,7 +120,7 @@ impl Diff {
         let etcd = Etcd::start().await;
         let store = match backend {
             Backend::File => format!("file://{}", tempfile::tempdir().unwrap().keep().display()),
-            Backend::S3 => {
+            Backend::S3 | Backend::Follower => {
                 common::s3_store("probe").await;
                 format!(
                     "s3://{}/{}",
@@ -127,12 +129,18 @@ impl Diff {
                 )
             }
         };
-        let netsy = Netsy::start(&store, &["--progress-notify-interval-ms", "60000"]).await;
+        let flags = ["--progress-notify-interval-ms", "60000"];
+        let mut nodes = vec![Netsy::start(&store, &[&["--name", "n0"][..], &flags].concat()).await];
+        if matches!(backend, Backend::Follower) {
+            // Started second, it follows the first (it is ready once it does).
+            nodes.push(Netsy::start(&store, &[&["--name", "n1"][..], &flags].concat()).await);
+        }
+        let serving = &nodes.last().expect("a node").addr;
         Diff {
             etcd: Side::connect(&etcd.addr).await,
-            netsy: Side::connect(&netsy.addr).await,
+            netsy: Side::connect(serving).await,
             _etcd: etcd,
-            _netsy: netsy,
+            _netsy: nodes,
             steps: 0,
         }
     }
@@ -240,6 +248,11 @@ async fn kv_matches_etcd() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_matches_etcd_on_s3() {
     kv_matches(Backend::S3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_matches_etcd_through_a_follower() {
+    kv_matches(Backend::Follower).await;
 }
 
 async fn kv_matches(backend: Backend) {
@@ -773,6 +786,11 @@ async fn leases_match_etcd_on_s3() {
     leases_match(Backend::S3).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_match_etcd_through_a_follower() {
+    leases_match(Backend::Follower).await;
+}
+
 async fn leases_match(backend: Backend) {
     let mut d = Diff::start(backend).await;
     d.both("grant", |mut s| async move {
@@ -956,6 +974,11 @@ async fn watch_matches_etcd() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_matches_etcd_on_s3() {
     watch_matches(Backend::S3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_matches_etcd_through_a_follower() {
+    watch_matches(Backend::Follower).await;
 }
 
 async fn watch_matches(backend: Backend) {

@@ -116,10 +116,27 @@ async fn etcdctl_behaves_as_with_etcd_on_s3() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_behaves_as_with_etcd_through_a_follower() {
+    common::s3_store("probe").await;
+    let store = format!(
+        "s3://{}/{}",
+        common::s3_bucket(),
+        common::unique_prefix("etcdctl-follower")
+    );
+    let _leader = Netsy::start(&store, &["--name", "n0"]).await;
+    // Started second, it follows the first; etcdctl talks only to it.
+    same_as_etcd_on(Netsy::start(&store, &["--name", "n1"]).await).await;
+}
+
 async fn same_as_etcd(store: &str) {
+    same_as_etcd_on(Netsy::start(store, &[]).await).await;
+}
+
+async fn same_as_etcd_on(netsy: Netsy) {
     let mut p = Pair {
         etcd: Etcd::start().await,
-        netsy: Netsy::start(store, &[]).await,
+        netsy,
         steps: 0,
     };
     p.run(&["put", "foo", "bar"], None);

@@ -190,7 +190,10 @@ async fn compactor(mut c: Client, stop: Arc<AtomicBool>) -> usize {
 }
 
 async fn workload(store: &str) {
-    let n = Netsy::start(store, &["--progress-notify-interval-ms", "200"]).await;
+    workload_on(Netsy::start(store, &["--progress-notify-interval-ms", "200"]).await).await;
+}
+
+async fn workload_on(n: Netsy) {
     let mut wc = n.client().await.unwrap();
     let start = wc
         .get("probe", None)
@@ -376,4 +379,18 @@ async fn kubernetes_workload_on_s3() {
         common::unique_prefix("k8s")
     ))
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_workload_through_a_follower() {
+    common::s3_store("probe").await;
+    let store = format!(
+        "s3://{}/{}",
+        common::s3_bucket(),
+        common::unique_prefix("k8s-follower")
+    );
+    let flags = ["--progress-notify-interval-ms", "200"];
+    let _leader = Netsy::start(&store, &[&["--name", "n0"][..], &flags].concat()).await;
+    // Started second, it follows the first: writes are forwarded, the watch is its own.
+    workload_on(Netsy::start(&store, &[&["--name", "n1"][..], &flags].concat()).await).await;
 }
