@@ -12,30 +12,42 @@ mod workloads;
 pub use report::{print_table, Outcome};
 use std::time::Duration;
 
-/// One server to measure, `name=http://host:port`.
+/// One server to measure, `name=http://host:port`; `name=http://a:port,http://b:port`
+/// sends the watch workload's watches to the second (a follower of the first, to measure
+/// how long after a write is acknowledged another node shows it).
 #[derive(Debug, Clone)]
 pub struct Target {
     pub name: String,
     pub endpoint: String,
+    pub watch_endpoint: Option<String>,
+}
+
+fn endpoint(s: &str) -> Result<String, String> {
+    let endpoint = if s.contains("://") {
+        s.to_string()
+    } else {
+        format!("http://{s}")
+    };
+    if !endpoint.starts_with("http://") {
+        return Err(format!(
+            "{endpoint}: only plain http:// endpoints are benchmarked"
+        ));
+    }
+    Ok(endpoint)
 }
 
 impl std::str::FromStr for Target {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (name, endpoint) = s.split_once('=').unwrap_or(("target", s));
-        let endpoint = if endpoint.contains("://") {
-            endpoint.to_string()
-        } else {
-            format!("http://{endpoint}")
+        let (name, endpoints) = s.split_once('=').unwrap_or(("target", s));
+        let (first, watch) = match endpoints.split_once(',') {
+            Some((a, b)) => (a, Some(endpoint(b)?)),
+            None => (endpoints, None),
         };
-        if !endpoint.starts_with("http://") {
-            return Err(format!(
-                "{endpoint}: only plain http:// endpoints are benchmarked"
-            ));
-        }
         Ok(Target {
             name: name.to_string(),
-            endpoint,
+            endpoint: endpoint(first)?,
+            watch_endpoint: watch,
         })
     }
 }
@@ -54,7 +66,8 @@ pub enum Workload {
     /// Prefix range with limit 500 over 10,000 preloaded keys (a paginated list's first page).
     List,
     /// --watchers watch streams on one prefix while the clients put: events/s, put-to-event
-    /// latency, lost events.
+    /// latency, acknowledgement-to-event latency, lost events (watches on the target's
+    /// second endpoint if it names one).
     Watch,
     /// 90 % linearizable gets, 10 % puts.
     Mixed,
@@ -109,4 +122,23 @@ pub async fn run(
         }
     }
     Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Target;
+
+    #[test]
+    fn a_target_names_one_endpoint_or_a_second_for_watches() {
+        let t: Target = "netsy=127.0.0.1:2379".parse().unwrap();
+        assert_eq!(
+            (t.name.as_str(), t.endpoint.as_str(), t.watch_endpoint),
+            ("netsy", "http://127.0.0.1:2379", None)
+        );
+        let t: Target = "pair=http://a:2379,b:2379".parse().unwrap();
+        assert_eq!(t.endpoint, "http://a:2379");
+        assert_eq!(t.watch_endpoint.as_deref(), Some("http://b:2379"));
+        assert!("x=https://a:2379".parse::<Target>().is_err());
+        assert!("x=a:2379,https://b:2379".parse::<Target>().is_err());
+    }
 }

@@ -152,6 +152,7 @@ mod tests {
         let t = |name: &str| super::super::Target {
             name: name.into(),
             endpoint: "http://x".into(),
+            watch_endpoint: None,
         };
         let a = Outcome::new(
             &t("etcd"),

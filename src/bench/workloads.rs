@@ -52,14 +52,18 @@ fn merge(tallies: Vec<Tally>) -> (u64, u64, Latencies, i64) {
 }
 
 async fn channels(target: &Target, n: usize) -> anyhow::Result<Vec<Channel>> {
+    channels_to(&target.endpoint, n).await
+}
+
+async fn channels_to(endpoint: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
     let mut v = Vec::with_capacity(n);
     for _ in 0..n.max(1) {
-        let ch = tonic::transport::Endpoint::from_shared(target.endpoint.clone())?
+        let ch = tonic::transport::Endpoint::from_shared(endpoint.to_string())?
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(5))
             .connect()
             .await
-            .with_context(|| format!("connecting to {}", target.endpoint))?;
+            .with_context(|| format!("connecting to {endpoint}"))?;
         v.push(ch);
     }
     Ok(v)
@@ -504,12 +508,16 @@ async fn watch(
     pattern: &Bytes,
 ) -> anyhow::Result<Outcome> {
     let watchers = o.watchers.max(1);
+    let watch_chans = match &target.watch_endpoint {
+        Some(e) => channels_to(e, chans.len()).await?,
+        None => chans.to_vec(),
+    };
     let goal = Arc::new(AtomicI64::new(i64::MAX));
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(watchers);
     let mut tasks = Vec::new();
     for w in 0..watchers {
-        let mut client =
-            WatchClient::new(chans[w % chans.len()].clone()).max_decoding_message_size(usize::MAX);
+        let mut client = WatchClient::new(watch_chans[w % watch_chans.len()].clone())
+            .max_decoding_message_size(usize::MAX);
         let (goal, ready_tx) = (goal.clone(), ready_tx.clone());
         let create = WatchRequest {
             request_union: Some(watch_request::RequestUnion::CreateRequest(
@@ -529,6 +537,9 @@ async fn watch(
                 .into_inner();
             let mut events = 0u64;
             let mut lat = Vec::new();
+            // When each revision reached this watcher (the first watcher only: one sample
+            // per write).
+            let mut arrived: Vec<(i64, u64)> = Vec::new();
             let mut seen = 0i64;
             let mut signalled = false;
             loop {
@@ -554,11 +565,14 @@ async fn watch(
                         if let Some(t) = sent_at(&kv.value) {
                             lat.push(now.saturating_sub(t).min(u32::MAX as u64) as u32);
                         }
+                        if w == 0 {
+                            arrived.push((kv.mod_revision, now));
+                        }
                     }
                 }
             }
             drop(tx);
-            Ok::<_, tonic::Status>((events, lat))
+            Ok::<_, tonic::Status>((events, lat, arrived))
         }));
     }
     drop(ready_tx);
@@ -579,8 +593,11 @@ async fn watch(
         o.keys.max(1),
         o.value_size,
     );
+    // When each put was acknowledged, by revision.
+    let acked = Arc::new(std::sync::Mutex::new(Vec::<(i64, u64)>::new()));
+    let acked2 = acked.clone();
     let writers = timed(chans, o.clients, o.duration, move |mut kv, _c, _i| {
-        let (p, pattern) = (p.clone(), pattern2.clone());
+        let (p, pattern, acked) = (p.clone(), pattern2.clone(), acked2.clone());
         async move {
             let r = kv
                 .put(PutRequest {
@@ -589,7 +606,9 @@ async fn watch(
                     ..Default::default()
                 })
                 .await?;
-            Ok(header_rev(&r.get_ref().header))
+            let rev = header_rev(&r.get_ref().header);
+            acked.lock().expect("acks").push((rev, now_micros()));
+            Ok(rev)
         }
     })
     .await;
@@ -598,17 +617,32 @@ async fn watch(
     goal.store(last_rev, Ordering::Relaxed);
     let mut events = 0u64;
     let mut lat = Vec::new();
+    let mut arrived = std::collections::HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     for t in tasks {
         let left = deadline.saturating_duration_since(Instant::now());
-        if let Ok(Ok(Ok((e, l)))) = tokio::time::timeout(left, t).await {
+        if let Ok(Ok(Ok((e, l, a)))) = tokio::time::timeout(left, t).await {
             events += e;
             lat.extend(l);
+            arrived.extend(a);
         }
     }
+    // From the writer's acknowledgement to the watcher's event (0 when the event came
+    // first, as it can on the node that wrote).
+    let mut ack_to_event = Latencies(
+        acked
+            .lock()
+            .expect("acks")
+            .iter()
+            .filter_map(|(rev, at)| arrived.get(rev).map(|e: &u64| e.saturating_sub(*at)))
+            .map(|us| us.min(u32::MAX as u64) as u32)
+            .collect(),
+    );
     let elapsed = started.elapsed();
     let mut extra = BTreeMap::new();
     extra.insert("watchers".into(), watchers as f64);
+    extra.insert("ack_to_event_p50_ms".into(), ack_to_event.quantile_ms(0.5));
+    extra.insert("ack_to_event_p99_ms".into(), ack_to_event.quantile_ms(0.99));
     extra.insert("writes_per_sec".into(), writes as f64 / write_secs);
     // Failed puts may or may not have been applied; lost counts only acknowledged ones.
     let expected = writes * watchers as u64;

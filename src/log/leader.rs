@@ -25,8 +25,10 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// tokio's clock, so that tests drive every interleaving in virtual time (`start_paused`).
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -221,23 +223,18 @@ struct Held {
     pending: Option<(u64, Instant)>,
 }
 
-/// Monotonic nanoseconds since the first lease was asked for: lets validity be one atomic
-/// load, since every linearizable read checks it.
-fn mono_ns(t: Instant) -> u64 {
-    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let base = *BASE.get_or_init(Instant::now);
-    t.saturating_duration_since(base).as_nanos() as u64
-}
-
 /// A held leader lease. Cheap to clone; all clones see renewals.
 #[derive(Debug, Clone)]
 pub struct Leader {
     store: DynStore,
     timing: LeaderTiming,
     held: Arc<Mutex<Held>>,
-    /// Until when (see [`mono_ns`]) this process may act as leader.
+    /// When the lease was acquired: the times below are nanoseconds since then (see
+    /// [`Leader::ns`]), so validity is one atomic load, as every linearizable read checks it.
+    base: Instant,
+    /// Until when (see [`Leader::ns`]) this process may act as leader.
     valid_until: Arc<AtomicU64>,
-    /// When (see [`mono_ns`]) the last successful PUT that proves this holder alive (a
+    /// When (see [`Leader::ns`]) the last successful PUT that proves this holder alive (a
     /// renewal or a chunk) was sent.
     proved_at: Arc<AtomicU64>,
 }
@@ -391,10 +388,11 @@ impl Leader {
                             etag,
                             pending: None,
                         })),
-                        valid_until: Arc::new(AtomicU64::new(mono_ns(
-                            sent + timing.duration - timing.margin,
-                        ))),
-                        proved_at: Arc::new(AtomicU64::new(mono_ns(sent))),
+                        base: sent,
+                        valid_until: Arc::new(AtomicU64::new(
+                            (timing.duration - timing.margin).as_nanos() as u64,
+                        )),
+                        proved_at: Arc::new(AtomicU64::new(0)),
                     });
                 }
                 Err(e) if e.is_conflict() => {
@@ -422,10 +420,15 @@ impl Leader {
 
     /// Whether this process may still acknowledge writes.
     pub fn is_valid(&self) -> bool {
-        mono_ns(Instant::now()) < self.valid_until.load(Ordering::Acquire)
+        self.ns(Instant::now()) < self.valid_until.load(Ordering::Acquire)
     }
 
     /// The etag of the lease object as this holder last wrote it.
+    /// Nanoseconds from the acquisition to `t` (0 before it).
+    fn ns(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.base).as_nanos() as u64
+    }
+
     pub fn etag(&self) -> String {
         self.held.lock().unwrap().etag.clone()
     }
@@ -434,9 +437,9 @@ impl Leader {
     /// log as well as the lease object, so the chunk shows them this holder alive as a
     /// renewal would: the lease counts from it, and no renewal is needed for a while.
     pub fn proved_alive(&self, sent: Instant) {
-        let until = mono_ns(sent + self.timing.duration - self.timing.margin);
+        let until = self.ns(sent + self.timing.duration - self.timing.margin);
         self.valid_until.fetch_max(until, Ordering::AcqRel);
-        self.proved_at.fetch_max(mono_ns(sent), Ordering::AcqRel);
+        self.proved_at.fetch_max(self.ns(sent), Ordering::AcqRel);
     }
 
     /// Renews once. A conflict means another writer took the lease.
@@ -495,11 +498,11 @@ impl Leader {
         held.pending = None;
         // Counted from the first attempt: a contender may have seen that one land.
         self.valid_until.fetch_max(
-            mono_ns(first_sent + self.timing.duration - self.timing.margin),
+            self.ns(first_sent + self.timing.duration - self.timing.margin),
             Ordering::AcqRel,
         );
         self.proved_at
-            .fetch_max(mono_ns(first_sent), Ordering::AcqRel);
+            .fetch_max(self.ns(first_sent), Ordering::AcqRel);
         Ok(())
     }
 
@@ -510,7 +513,8 @@ impl Leader {
         let idle = self.timing.renew_after();
         loop {
             let since = Duration::from_nanos(
-                mono_ns(Instant::now()).saturating_sub(self.proved_at.load(Ordering::Acquire)),
+                self.ns(Instant::now())
+                    .saturating_sub(self.proved_at.load(Ordering::Acquire)),
             );
             if since < idle {
                 tokio::select! {
@@ -570,14 +574,13 @@ mod tests {
     use crate::store::memory::MemoryStore;
     use crate::store::ObjectStore;
 
-    fn fast() -> LeaderTiming {
-        LeaderTiming {
-            duration: Duration::from_millis(1000),
-            margin: Duration::from_millis(200),
-        }
+    /// The shipped timing: the tests run in tokio's virtual time (`start_paused`), so
+    /// waiting out a lease costs nothing and every deadline falls where the code puts it.
+    fn timing() -> LeaderTiming {
+        LeaderTiming::default()
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn second_writer_waits_then_takes_over_after_release() {
         let store: DynStore = Arc::new(MemoryStore::new());
         let stop = CancellationToken::new();
@@ -585,7 +588,7 @@ mod tests {
             store.clone(),
             "a",
             &Identity::default(),
-            fast(),
+            timing(),
             &stop,
             &Contention::default(),
         )
@@ -599,7 +602,7 @@ mod tests {
                 store2,
                 "b",
                 &Identity::default(),
-                fast(),
+                timing(),
                 &stop2,
                 &Contention::default(),
             )
@@ -616,7 +619,7 @@ mod tests {
         assert!(matches!(a.renew().await, Err(LeaderError::Lost)));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn takes_over_an_abandoned_lease_after_it_expires() {
         let store: DynStore = Arc::new(MemoryStore::new());
         let stop = CancellationToken::new();
@@ -624,7 +627,7 @@ mod tests {
             store.clone(),
             "a",
             &Identity::default(),
-            fast(),
+            timing(),
             &stop,
             &Contention::default(),
         )
@@ -635,19 +638,19 @@ mod tests {
             store.clone(),
             "b",
             &Identity::default(),
-            fast(),
+            timing(),
             &stop,
             &Contention::default(),
         )
         .await
         .unwrap();
-        assert!(started.elapsed() >= fast().duration, "took over too early");
+        assert!(started.elapsed() >= timing().duration, "took over too early");
         assert_eq!(b.term(), 2);
         assert!(!a.is_valid());
         assert!(matches!(a.renew().await, Err(LeaderError::Lost)));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_renewal_that_landed_but_was_not_answered_keeps_the_lease() {
         use crate::store::memory::{Fault, Op};
         let mem = Arc::new(MemoryStore::new());
@@ -657,7 +660,7 @@ mod tests {
             store.clone(),
             "a",
             &Identity::default(),
-            fast(),
+            timing(),
             &stop,
             &Contention::default(),
         )
@@ -677,7 +680,7 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_stalled_renewal_attempt_is_cut_short_inside_the_lease() {
         use crate::store::memory::{Fault, Op};
         let mem = Arc::new(MemoryStore::new());
@@ -687,7 +690,7 @@ mod tests {
             store.clone(),
             "a",
             &Identity::default(),
-            fast(),
+            timing(),
             &stop,
             &Contention::default(),
         )
@@ -697,7 +700,7 @@ mod tests {
         let started = Instant::now();
         assert!(a.renew().await.is_err());
         assert!(
-            started.elapsed() < fast().duration / 2,
+            started.elapsed() < timing().duration / 2,
             "the attempt was not bounded"
         );
         a.renew().await.unwrap();
@@ -719,7 +722,7 @@ mod tests {
             .renewals
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn chunks_keep_a_holder_alive_without_renewals_and_contenders_wait() {
         let mem = Arc::new(MemoryStore::new());
         let store: DynStore = mem.clone();
@@ -794,7 +797,7 @@ mod tests {
         assert_eq!(b.term(), 2);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn an_idle_holder_renews_after_half_its_validity() {
         let mem = Arc::new(MemoryStore::new());
         let store: DynStore = mem.clone();
@@ -823,7 +826,7 @@ mod tests {
         let _ = renewer.await;
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_contender_behind_the_log_waits_for_what_the_bucket_holds() {
         let mem = Arc::new(MemoryStore::new());
         let store: DynStore = mem.clone();
@@ -873,7 +876,7 @@ mod tests {
         assert_eq!(b.term(), 2);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_woken_contender_takes_a_released_lease_at_once() {
         let store: DynStore = Arc::new(MemoryStore::new());
         let stop = CancellationToken::new();

@@ -8,7 +8,7 @@ use crate::mvcc::{Error as MvccError, Lease, State};
 use crate::proto::netsy::{FileKind, Record, RecordKind};
 use crate::store::DynStore;
 use bytes::Bytes;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone)]
@@ -275,7 +275,7 @@ pub async fn run_writer(
             fail_all(&mut batch, &err);
             return WriterExit::Fenced(err);
         }
-        let started = Instant::now();
+        let started = tokio::time::Instant::now();
         let size = encoded.len();
         crate::crashpoint::hit("chunk-before-put");
         let data = Bytes::from(encoded);
