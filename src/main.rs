@@ -82,7 +82,8 @@ struct S3Args {
 #[derive(Args)]
 struct BenchArgs {
     /// A server to measure, NAME=HOST:PORT (plain http); repeat to compare. Ratios are to
-    /// the first.
+    /// the first. NAME=HOST:PORT,HOST2:PORT2 sends the watch workload's watches to the
+    /// second (a follower of the first: how long until another node shows a write).
     #[arg(long = "target", default_value = "netsy=127.0.0.1:2379")]
     targets: Vec<netsy::bench::Target>,
     /// Workloads to run (repeat, or comma-separated), in this order; `startup` runs
