@@ -237,7 +237,7 @@ async fn follow_once(
     }
     if view.identity.member_id == node.me.id {
         return Err(FollowError::Protocol(
-            "the lease was held by this node's previous run; waiting for it to expire".into(),
+            "the lease names this node (its previous run, or this run before it stepped down); waiting for it to expire".into(),
         ));
     }
     let url = view.identity.client_urls.first().ok_or_else(|| {

@@ -644,7 +644,10 @@ mod tests {
         )
         .await
         .unwrap();
-        assert!(started.elapsed() >= timing().duration, "took over too early");
+        assert!(
+            started.elapsed() >= timing().duration,
+            "took over too early"
+        );
         assert_eq!(b.term(), 2);
         assert!(!a.is_valid());
         assert!(matches!(a.renew().await, Err(LeaderError::Lost)));
