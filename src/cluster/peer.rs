@@ -3,9 +3,9 @@
 //!
 //! `Follow` sends a hello with the leader's head, then the chunks the follower is missing
 //! that this node still has in memory (see `log::recent`), then every chunk the writer
-//! commits, in order, as the bytes of the object it PUT. A follower that falls behind the in-memory
-//! feed is sent a heartbeat instead, whose head tells it to read the rest from the bucket:
-//! the leader never buffers without bound for a slow follower.
+//! commits, in order, as the bytes of the object it PUT. A follower that falls behind the
+//! in-memory feed is sent a heartbeat instead, whose head tells it to read the rest from the
+//! bucket: the leader never buffers without bound for a slow follower.
 
 use super::{Member, Node};
 use crate::api::errors;

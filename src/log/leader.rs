@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-// tokio's clock, so that tests drive every interleaving in virtual time (`start_paused`).
 use tokio::sync::Notify;
+// tokio's clock, so that tests drive every interleaving in virtual time (`start_paused`).
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -46,7 +46,7 @@ struct Doc {
     cluster_id: u64,
     /// On release: how many followers were streaming from the holder. A node starting then
     /// leaves the lease to them (they are caught up; it would first have to replay).
-    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     followers: u32,
     /// Who holds it and where followers reach it (absent in leases written before followers).
     #[serde(flatten)]
@@ -78,12 +78,8 @@ pub struct LeaseView {
     pub etag: String,
 }
 
-fn is_zero(v: &u64) -> bool {
-    *v == 0
-}
-
-fn is_zero_u32(v: &u32) -> bool {
-    *v == 0
+fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -423,12 +419,12 @@ impl Leader {
         self.ns(Instant::now()) < self.valid_until.load(Ordering::Acquire)
     }
 
-    /// The etag of the lease object as this holder last wrote it.
     /// Nanoseconds from the acquisition to `t` (0 before it).
     fn ns(&self, t: Instant) -> u64 {
         t.saturating_duration_since(self.base).as_nanos() as u64
     }
 
+    /// The etag of the lease object as this holder last wrote it.
     pub fn etag(&self) -> String {
         self.held.lock().unwrap().etag.clone()
     }
@@ -542,8 +538,8 @@ impl Leader {
         }
     }
 
-    /// Marks the lease released so a successor takes over at once.
-    /// Releases the lease, saying how many `followers` were streaming from this node.
+    /// Marks the lease released so a successor takes over at once, saying how many
+    /// `followers` were streaming from this node.
     pub async fn release(&self, followers: usize) -> Result<(), LeaderError> {
         let (mut doc, etag) = {
             let held = self.held.lock().unwrap();
