@@ -326,7 +326,35 @@ fn pick_crash(points: &[&str], turn: &mut usize) -> Option<String> {
     Some(format!("{point}:{nth}"))
 }
 
-async fn crash_loop(store: &str, cycles: usize, points: &[&str]) {
+/// Waits until the node at `addr` leads (its status names itself as leader).
+async fn wait_leading(n: &mut Netsy) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(mut c) = n.client().await {
+            if let Ok(s) = c.status().await {
+                if s.leader() != 0 && Some(s.leader()) == s.header().map(|h| h.member_id()) {
+                    return;
+                }
+            }
+        }
+        assert!(
+            n.child.try_wait().unwrap().is_none(),
+            "the follower exited:\n{}",
+            n.log()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the follower never took over:\n{}",
+            n.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `follower`: every cycle also starts a second node that follows the one that crashes; the
+/// clients talk only to it (their writes are forwarded), and once the leader is dead it
+/// takes over and must hold every acknowledged write before it is stopped in turn.
+async fn crash_loop(store: &str, cycles: usize, points: &[&str], follower: bool) {
     let flags = [
         "--leader-lease-seconds",
         "3",
@@ -342,6 +370,7 @@ async fn crash_loop(store: &str, cycles: usize, points: &[&str]) {
     let ledger: Shared = Arc::default();
     let mut reached: BTreeMap<String, usize> = BTreeMap::new();
     let (mut random_kills, mut not_reached, mut verifications, mut events_read) = (0, 0, 0, 0);
+    let mut takeovers = 0;
     let started = Instant::now();
     let mut turn = 0;
     for cycle in 0..cycles {
@@ -352,10 +381,21 @@ async fn crash_loop(store: &str, cycles: usize, points: &[&str]) {
             *reached.entry(point).or_default() += 1;
             continue;
         };
+        // Started second, it follows `n` (or leads, if `n` reached its crash point already).
+        let mut follower = if follower {
+            Some(
+                start(store, &flags, None)
+                    .await
+                    .expect("the follower starts"),
+            )
+        } else {
+            None
+        };
+        let serving = follower.as_ref().unwrap_or(&n).addr.clone();
         // Verify what every earlier cycle acknowledged (a crash point may cut this short;
         // the next cycle verifies again).
         let snapshot = ledger.lock().unwrap().clone();
-        match verify(&n.addr, &snapshot).await {
+        match verify(&serving, &snapshot).await {
             Ok(v) => {
                 verifications += 1;
                 events_read += v.events;
@@ -375,7 +415,7 @@ async fn crash_loop(store: &str, cycles: usize, points: &[&str]) {
             }
         }
         let writers: Vec<_> = (0..8)
-            .map(|w| tokio::spawn(writer(n.addr.clone(), ledger.clone(), cycle, w)))
+            .map(|w| tokio::spawn(writer(serving.clone(), ledger.clone(), cycle, w)))
             .collect();
         let limit = match crash.as_deref() {
             None => Duration::from_millis(50 + rand::random::<u64>() % 850),
@@ -414,6 +454,27 @@ async fn crash_loop(store: &str, cycles: usize, points: &[&str]) {
                 n.kill9();
             }
         }
+        if let Some(f) = follower.as_mut() {
+            // The follower takes over from the bucket and what it was sent: it must hold
+            // everything acknowledged through it, crash points included.
+            wait_leading(f).await;
+            let snapshot = ledger.lock().unwrap().clone();
+            let v = verify(&f.addr, &snapshot).await.unwrap_or_else(|e| {
+                panic!(
+                    "verification on the node that took over failed: {e}\n{}",
+                    f.log()
+                )
+            });
+            verifications += 1;
+            events_read += v.events;
+            takeovers += 1;
+            // Stopped either way: a released lease or one that must expire.
+            if rand::random::<bool>() {
+                f.kill9();
+            } else {
+                assert!(f.terminate().success(), "{}", f.log());
+            }
+        }
         for w in writers {
             if let Err(e) = w.await {
                 if e.is_panic() {
@@ -435,7 +496,8 @@ async fn crash_loop(store: &str, cycles: usize, points: &[&str]) {
         *by_point.entry(name).or_default() += count;
     }
     eprintln!(
-        "crash loop on {store}: {cycles} cycles in {:.0} s: {random_kills} random kills, crash points reached {by_point:?}, {not_reached} not reached; {} acknowledged writes, {} leases; {verifications} verifications read {events_read} events; final head {}",
+        "crash loop on {store}{}: {cycles} cycles in {:.0} s: {random_kills} random kills, crash points reached {by_point:?}, {not_reached} not reached; {takeovers} takeovers by the follower; {} acknowledged writes, {} leases; {verifications} verifications read {events_read} events; final head {}",
+        if follower { " through a follower" } else { "" },
         started.elapsed().as_secs_f64(),
         snapshot.acknowledged,
         snapshot.leases.len(),
@@ -470,6 +532,7 @@ async fn file_store_crash_loop() {
         &format!("file://{}", dir.path().display()),
         cycles("NETSY_CRASH_CYCLES", 40),
         points,
+        false,
     )
     .await;
 }
@@ -488,5 +551,23 @@ async fn s3_store_crash_loop() {
         .copied()
         .filter(|p| *p != "store-before-link")
         .collect();
-    crash_loop(&store, cycles("NETSY_CRASH_CYCLES_S3", 8), &points).await;
+    crash_loop(&store, cycles("NETSY_CRASH_CYCLES_S3", 8), &points, false).await;
+}
+
+/// The S3 crash loop with the clients on a follower of the crashing leader, which then takes
+/// over (see `crash_loop`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_store_crash_loop_through_a_follower() {
+    common::s3_store("probe").await;
+    let store = format!(
+        "s3://{}/{}",
+        common::s3_bucket(),
+        common::unique_prefix("crash-follower")
+    );
+    let points: Vec<&str> = netsy::crashpoint::POINTS
+        .iter()
+        .copied()
+        .filter(|p| *p != "store-before-link")
+        .collect();
+    crash_loop(&store, cycles("NETSY_CRASH_CYCLES_S3", 8), &points, true).await;
 }

@@ -113,6 +113,17 @@ async fn verify(addr: &str, acked: &Acked) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_faults_and_outage_lose_nothing_and_reads_go_on() {
+    s3_faults(false).await;
+}
+
+/// The same faults with the clients on a follower (both nodes behind the faulty proxy): its
+/// forwarded writes succeed exactly once or fail cleanly, its reads go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_faults_and_outage_lose_nothing_through_a_follower() {
+    s3_faults(true).await;
+}
+
+async fn s3_faults(through_follower: bool) {
     common::s3_store("probe").await;
     let proxy = FaultyProxy::default();
     // Stalls are injected once, below: one stalled PUT holds every write for the attempt
@@ -131,7 +142,13 @@ async fn s3_faults_and_outage_lose_nothing_and_reads_go_on() {
         common::unique_prefix("faults")
     );
     let flags = ["--s3-endpoint", endpoint.as_str()];
-    let mut n = Netsy::start(&store, &flags).await;
+    let mut nodes = vec![Netsy::start(&store, &flags).await];
+    if through_follower {
+        // Started second, it follows the first.
+        nodes.push(Netsy::start(&store, &flags).await);
+    }
+    let serving = nodes.last().expect("a node").addr.clone();
+    let logs = |nodes: &[Netsy]| nodes.iter().map(Netsy::log).collect::<Vec<_>>().join("\n");
 
     let acked: Acked = Arc::default();
     let counts = Arc::new(Counts::default());
@@ -139,7 +156,7 @@ async fn s3_faults_and_outage_lose_nothing_and_reads_go_on() {
     let mut tasks = Vec::new();
     for w in 0..8 {
         tasks.push(tokio::spawn(writer(
-            n.addr.clone(),
+            serving.clone(),
             w,
             acked.clone(),
             counts.clone(),
@@ -147,7 +164,7 @@ async fn s3_faults_and_outage_lose_nothing_and_reads_go_on() {
         )));
     }
     tasks.push(tokio::spawn(reader(
-        n.addr.clone(),
+        serving.clone(),
         counts.clone(),
         stop.clone(),
     )));
@@ -160,7 +177,7 @@ async fn s3_faults_and_outage_lose_nothing_and_reads_go_on() {
     assert!(
         ok_faults > 50,
         "too few writes succeeded through the faults:\n{}",
-        n.log()
+        logs(&nodes)
     );
 
     // Phase 1b: the next request stalls past the attempt timeout.
@@ -174,7 +191,7 @@ async fn s3_faults_and_outage_lose_nothing_and_reads_go_on() {
         assert!(
             stalled.elapsed() < Duration::from_secs(60),
             "writes never resumed after a stall:\n{}",
-            n.log()
+            logs(&nodes)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -203,7 +220,7 @@ async fn s3_faults_and_outage_lose_nothing_and_reads_go_on() {
         assert!(
             back.elapsed() < Duration::from_secs(60),
             "writes never recovered:\n{}",
-            n.log()
+            logs(&nodes)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -217,10 +234,13 @@ async fn s3_faults_and_outage_lose_nothing_and_reads_go_on() {
         0,
         "a read failed"
     );
-    let total = verify(&n.addr, &acked).await;
+    let total = verify(&serving, &acked).await;
 
     // Phase 4: a restart that lists and fetches through the faults.
-    assert!(n.terminate().success(), "{}", n.log());
+    // The follower first: the leader then releases a lease no one follows.
+    for n in nodes.iter_mut().rev() {
+        assert!(n.terminate().success(), "{}", n.log());
+    }
     proxy.rate.store(10, Ordering::Relaxed);
     let mut n = Netsy::spawn(&store, free_port(), &flags);
     n.wait_ready().await;
