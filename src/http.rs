@@ -8,6 +8,7 @@
 //! `--listen-metrics-urls`, so readiness can be observed while the bucket is replayed.
 
 use crate::api::Context;
+use crate::authority::AuthorityFix;
 use crate::coalesce::CoalescedWrites;
 use crate::tls::Reloader;
 use axum::response::IntoResponse;
@@ -183,7 +184,7 @@ pub async fn serve(
             let result = match tls {
                 None => {
                     let conn = builder.serve_connection_with_upgrades(
-                        TokioIo::new(CoalescedWrites::new(stream)),
+                        TokioIo::new(CoalescedWrites::new(AuthorityFix::new(stream))),
                         service,
                     );
                     watcher.watch(conn).await
@@ -193,7 +194,7 @@ pub async fn serve(
                     match tokio::time::timeout(Duration::from_secs(10), handshake).await {
                         Ok(Ok(stream)) => {
                             let conn = builder.serve_connection_with_upgrades(
-                                TokioIo::new(CoalescedWrites::new(stream)),
+                                TokioIo::new(CoalescedWrites::new(AuthorityFix::new(stream))),
                                 service,
                             );
                             watcher.watch(conn).await
