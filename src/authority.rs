@@ -9,12 +9,15 @@
 //! the endpoint Netsy prints at start-up.
 //!
 //! h2 offers no hook before that check, so [`AuthorityFix`] sits under it on the read side
-//! of the connection: it follows the frames the client sends, decodes every header block
-//! (HPACK is stateful: one block cannot be rewritten without decoding all of them), turns a
-//! URL `:authority` into its `host:port` (or drops one that has none), and hands h2 the
-//! block re-encoded with literals only, so h2's decoder never needs a dynamic table. Every
-//! other frame, and every non-HTTP/2 connection (`/metrics` over HTTP/1.1), passes through
-//! byte for byte. Writes are untouched.
+//! of the connection: it follows the frames the client sends and walks every header block
+//! without decoding it (HPACK is stateful, so every block is walked to know which dynamic
+//! table entries hold an `:authority`). A literal `:authority` that h2 would refuse is
+//! replaced by its URL's `host:port` (or `localhost` if it has none), never longer than the
+//! original: h2's dynamic table then holds the same entries at the same indices as the
+//! client's, each no larger, so the client's later references resolve. Every other byte,
+//! and every non-HTTP/2 connection (`/metrics` over HTTP/1.1), passes through unchanged;
+//! only an `:authority` string is ever Huffman-decoded. Writes are untouched. (Decoding and
+//! re-encoding every block instead halved the requests per second.)
 
 use bytes::{Buf, BytesMut};
 use std::io;
@@ -60,7 +63,7 @@ pub struct AuthorityFix<T> {
     /// Payload bytes of the current non-header frame still to pass through.
     skip: usize,
     block: Option<Block>,
-    decoder: loona_hpack::Decoder<'static>,
+    walker: Walker,
     eof: bool,
 }
 
@@ -73,7 +76,7 @@ impl<T> AuthorityFix<T> {
             out: BytesMut::new(),
             skip: 0,
             block: None,
-            decoder: loona_hpack::Decoder::new(),
+            walker: Walker::default(),
             eof: false,
         }
     }
@@ -196,20 +199,12 @@ impl<T> AuthorityFix<T> {
         Ok(())
     }
 
-    /// Decodes a complete block, repairs it, and queues it re-encoded for h2.
+    /// Queues a complete block, repaired, for h2.
     fn emit(&mut self, block: Block) -> io::Result<()> {
-        let mut encoded = Vec::with_capacity(block.fragment.len() + 32);
-        self.decoder
-            .decode_with_cb(&block.fragment, |name, value| {
-                if name.as_ref() == b":authority" {
-                    if let Some(v) = repaired_authority(&value) {
-                        literal(&mut encoded, &name, &v);
-                    }
-                } else {
-                    literal(&mut encoded, &name, &value);
-                }
-            })
-            .map_err(|e| invalid(&format!("header block: {e:?}")))?;
+        let mut encoded = Vec::with_capacity(block.fragment.len());
+        self.walker
+            .walk(&block.fragment, &mut encoded)
+            .map_err(|e| invalid(&format!("header block: {e}")))?;
         let mut rest = &encoded[..];
         let mut first = true;
         loop {
@@ -251,23 +246,163 @@ impl<T> AuthorityFix<T> {
     }
 }
 
-/// `value` if it is an authority h2 accepts; the authority of a URL; `None` if neither.
+/// What to send instead of an `:authority` h2 would refuse (`None`: it is fine as it is):
+/// the URL's `host:port`, else `localhost`; never longer than `value` (see the module doc).
 fn repaired_authority(value: &[u8]) -> Option<Vec<u8>> {
-    if http::uri::Authority::try_from(value).is_ok() {
-        return Some(value.to_vec());
+    if value.is_empty() || http::uri::Authority::try_from(value).is_ok() {
+        return None;
     }
-    let uri = http::Uri::try_from(value).ok()?;
-    let authority = uri.authority()?;
-    Some(authority.as_str().as_bytes().to_vec())
+    let from_url = http::Uri::try_from(value)
+        .ok()
+        .and_then(|u| u.authority().map(|a| a.as_str().as_bytes().to_vec()))
+        .filter(|a| !a.is_empty());
+    let fixed = from_url.unwrap_or_else(|| b"localhost".to_vec());
+    Some(if fixed.len() <= value.len() {
+        fixed
+    } else {
+        b"x".to_vec()
+    })
 }
 
-/// HPACK "literal header field without indexing, new name", strings not Huffman-coded.
-fn literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.push(0);
-    for s in [name, value] {
-        integer(out, s.len(), 7, 0);
-        out.extend_from_slice(s);
+/// Walks HPACK header blocks (RFC 7541 §6), copying them and replacing the `:authority`
+/// literals h2 would refuse.
+struct Walker {
+    /// For each entry of the client's dynamic table, newest first: is it an `:authority`?
+    /// Index 62 is the newest; evictions never change the index of a live entry, so only
+    /// as many as can be live (each entry takes at least 32 bytes) are kept.
+    recent: std::collections::VecDeque<bool>,
+    /// The most entries the table can hold at its current maximum size.
+    cap: usize,
+    huffman: Option<loona_hpack::huffman::HuffmanDecoder>,
+}
+
+impl Default for Walker {
+    fn default() -> Self {
+        Self {
+            recent: Default::default(),
+            // SETTINGS_HEADER_TABLE_SIZE's default, 4096 bytes.
+            cap: 4096 / 32,
+            huffman: None,
+        }
     }
+}
+
+/// The static table's `:authority` (RFC 7541 Appendix A).
+const STATIC_AUTHORITY: usize = 1;
+const STATIC_ENTRIES: usize = 61;
+/// `:authority` Huffman-coded (RFC 7541 Appendix B), padded with the EOS code's ones.
+const HUFFMAN_AUTHORITY: &[u8] = &[0xb8, 0x3b, 0x53, 0x39, 0xec, 0x32, 0x7d, 0x7f];
+
+impl Walker {
+    fn walk(&mut self, b: &[u8], out: &mut Vec<u8>) -> Result<(), &'static str> {
+        let mut i = 0;
+        while i < b.len() {
+            let start = i;
+            let first = b[i];
+            if first & 0x80 != 0 {
+                // Indexed field: refers to an entry h2 holds too.
+                i = read_int(b, i, 7)?.1;
+                out.extend_from_slice(&b[start..i]);
+                continue;
+            }
+            if first & 0xe0 == 0x20 {
+                let (max, next) = read_int(b, i, 5)?;
+                i = next;
+                self.cap = max / 32;
+                self.recent.truncate(self.cap);
+                out.extend_from_slice(&b[start..i]);
+                continue;
+            }
+            // Literals: with incremental indexing (01), never indexed (0001), without (0000).
+            let (indexing, prefix, pattern) = match first & 0xf0 {
+                0x40..=0x7f => (true, 6, 0x40),
+                0x10 => (false, 4, 0x10),
+                _ => (false, 4, 0x00),
+            };
+            let (index, next) = read_int(b, i, prefix)?;
+            i = next;
+            let authority = match index {
+                0 => {
+                    let ((huffman, name), next) = read_string(b, i)?;
+                    i = next;
+                    // Huffman coding is canonical: one byte string per name.
+                    name == if huffman {
+                        HUFFMAN_AUTHORITY
+                    } else {
+                        b":authority"
+                    }
+                }
+                STATIC_AUTHORITY => true,
+                n if n <= STATIC_ENTRIES => false,
+                n => self
+                    .recent
+                    .get(n - STATIC_ENTRIES - 1)
+                    .copied()
+                    .unwrap_or(false),
+            };
+            let (value, next) = read_string(b, i)?;
+            i = next;
+            if indexing && self.cap > 0 {
+                self.recent.push_front(authority);
+                self.recent.truncate(self.cap);
+            }
+            if authority {
+                if let Some(fixed) = repaired_authority(&self.decoded(value)?) {
+                    integer(out, STATIC_AUTHORITY, prefix, pattern);
+                    integer(out, fixed.len(), 7, 0);
+                    out.extend_from_slice(&fixed);
+                    continue;
+                }
+            }
+            out.extend_from_slice(&b[start..i]);
+        }
+        Ok(())
+    }
+
+    /// A string literal's octets: `(huffman, bytes)` as read by [`read_string`].
+    fn decoded(&mut self, (huffman, bytes): (bool, &[u8])) -> Result<Vec<u8>, &'static str> {
+        if !huffman {
+            return Ok(bytes.to_vec());
+        }
+        self.huffman
+            .get_or_insert_with(loona_hpack::huffman::HuffmanDecoder::new)
+            .decode(bytes)
+            .map_err(|_| "bad Huffman code")
+    }
+}
+
+/// An integer with an `n`-bit prefix at `b[i]`: its value and the index after it.
+fn read_int(b: &[u8], mut i: usize, n: u8) -> Result<(usize, usize), &'static str> {
+    let max = (1usize << n) - 1;
+    let mut v = (b[i] as usize) & max;
+    i += 1;
+    if v < max {
+        return Ok((v, i));
+    }
+    let mut shift = 0;
+    loop {
+        let byte = *b.get(i).ok_or("truncated integer")?;
+        i += 1;
+        if shift > 28 {
+            return Err("integer too large");
+        }
+        v += ((byte & 0x7f) as usize) << shift;
+        shift += 7;
+        if byte & 0x80 == 0 {
+            return Ok((v, i));
+        }
+    }
+}
+
+/// A string literal at `b[i]`: whether it is Huffman-coded, its bytes, the index after it.
+fn read_string(b: &[u8], i: usize) -> Result<((bool, &[u8]), usize), &'static str> {
+    let huffman = *b.get(i).ok_or("truncated string")? & 0x80 != 0;
+    let (len, start) = read_int(b, i, 7)?;
+    let end = start
+        .checked_add(len)
+        .filter(|&e| e <= b.len())
+        .ok_or("truncated string")?;
+    Ok(((huffman, &b[start..end]), end))
 }
 
 /// An HPACK integer with an `n`-bit prefix (RFC 7541 §5.1); `high` holds the bits above it.
@@ -506,15 +641,68 @@ mod tests {
         let all: Vec<u8> = got.iter().flat_map(|f| f.3.clone()).collect();
         let mut dec = loona_hpack::Decoder::new();
         let h = headers_of(&mut dec, &all);
-        // `unix:///tmp/s` has no host: the header is dropped, as h2 allows.
-        assert_eq!(h.len(), 1);
-        assert_eq!(h[0].0, "x-big");
+        // `unix:///tmp/s` has no host.
+        assert_eq!(h[0], (":authority".to_string(), "localhost".to_string()));
+        assert_eq!(h[1].0, "x-big");
+    }
+
+    #[test]
+    fn huffman_authority() {
+        let decoded = loona_hpack::huffman::HuffmanDecoder::new()
+            .decode(HUFFMAN_AUTHORITY)
+            .unwrap();
+        assert_eq!(decoded, b":authority");
+        // A literal new name, Huffman-coded, with a URL value.
+        let mut block = vec![0x00, 0x80 | HUFFMAN_AUTHORITY.len() as u8];
+        block.extend_from_slice(HUFFMAN_AUTHORITY);
+        block.push(9);
+        block.extend_from_slice(b"http://h:");
+        let mut out = Vec::new();
+        Walker::default().walk(&block, &mut out).unwrap();
+        let h = loona_hpack::Decoder::new().decode(&out).unwrap();
+        assert_eq!(h, vec![(b":authority".to_vec(), b"h:".to_vec())]);
+    }
+
+    #[test]
+    fn dynamic_table_references_stay_aligned() {
+        let lit = |out: &mut Vec<u8>, s: &[u8]| {
+            out.push(s.len() as u8);
+            out.extend_from_slice(s);
+        };
+        // Inserted: `x-a: 1`, then `:authority: http://h:1` (name from the static table).
+        let mut first = vec![0x40];
+        lit(&mut first, b"x-a");
+        lit(&mut first, b"1");
+        first.push(0x41);
+        lit(&mut first, b"http://h:1");
+        // Referenced: 62 is the newest (the authority), 63 the one before; then a literal
+        // without indexing whose name is entry 62's.
+        let mut second = vec![0x80 | 62, 0x80 | 63, 0x0f, 62 - 15];
+        lit(&mut second, b"https://g:2/");
+        let mut walker = Walker::default();
+        let mut dec = loona_hpack::Decoder::new();
+        let mut out = Vec::new();
+        walker.walk(&first, &mut out).unwrap();
+        let h1 = dec.decode(&out).unwrap();
+        out.clear();
+        walker.walk(&second, &mut out).unwrap();
+        let h2 = dec.decode(&out).unwrap();
+        let pair = |n: &str, v: &str| (n.as_bytes().to_vec(), v.as_bytes().to_vec());
+        assert_eq!(h1, vec![pair("x-a", "1"), pair(":authority", "h:1")]);
+        assert_eq!(
+            h2,
+            vec![
+                pair(":authority", "h:1"),
+                pair("x-a", "1"),
+                pair(":authority", "g:2")
+            ]
+        );
     }
 
     #[test]
     fn authorities() {
         let r = |v: &str| repaired_authority(v.as_bytes()).map(|b| String::from_utf8(b).unwrap());
-        assert_eq!(r("127.0.0.1:2379").as_deref(), Some("127.0.0.1:2379"));
+        assert_eq!(r("127.0.0.1:2379"), None);
         assert_eq!(
             r("http://127.0.0.1:2379").as_deref(),
             Some("127.0.0.1:2379")
@@ -523,6 +711,7 @@ mod tests {
             r("https://a.example:2379/").as_deref(),
             Some("a.example:2379")
         );
-        assert_eq!(r("unix:///tmp/s"), None);
+        assert_eq!(r("unix:///tmp/s").as_deref(), Some("localhost"));
+        assert_eq!(r("a b").as_deref(), Some("x"));
     }
 }

@@ -77,6 +77,23 @@ async fn mutual_tls_requires_a_client_certificate_from_the_trusted_ca() {
     let good = (p(&a, "client.pem"), p(&a, "client-key.pem"));
     let (ok, err) = put(&n.addr, &ca, Some((&good.0, &good.1)), "k1");
     assert!(ok, "client with a certificate from the trusted CA: {err}");
+    // etcdctl's per-endpoint commands send the whole `https://` URL as `:authority`.
+    for cmd in [
+        &["endpoint", "status"][..],
+        &["endpoint", "health"],
+        &["defrag"],
+    ] {
+        let mut args = vec![
+            format!("--endpoints=https://{}", n.addr),
+            format!("--cacert={ca}"),
+            format!("--cert={}", good.0),
+            format!("--key={}", good.1),
+        ];
+        args.extend(cmd.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, out, err) = etcdctl(&args);
+        assert!(ok, "etcdctl {cmd:?} over https://: {out}{err}");
+    }
     let (ok, _) = put(&n.addr, &ca, None, "k2");
     assert!(!ok, "a client without a certificate must be refused");
     let stranger = (p(&other, "client.pem"), p(&other, "client-key.pem"));
