@@ -17,6 +17,10 @@ dev *ARGS:
       --trusted-ca-file certs/ca.pem --client-cert-auth \
       --listen-metrics-addr 127.0.0.1:2381 {{ARGS}}
 
+# Stop the LocalStack that `just dev` or the tests started (Docker or host).
+localstack-stop:
+    scripts/localstack.sh stop
+
 # The whole test suite (installs LocalStack, etcd, etcdctl, openssl and just if missing).
 test *ARGS:
     scripts/test.sh {{ARGS}}

@@ -37,8 +37,12 @@ start() {
     docker compose -f "$here/localstack/docker-compose.yml" up -d
   else
     install_venv
-    (cd /tmp && SERVICES=s3 GATEWAY_LISTEN=127.0.0.1:4566 LOCALSTACK_HOST=127.0.0.1:4566 \
-      nohup "$venv/bin/python" -m localstack.runtime.main >"$log" 2>&1 & echo $! >"$pidfile")
+    # Only the command goes to the background (`cd x && cmd &` would background a subshell,
+    # and $! would name it, not LocalStack); nohup execs, so $! is LocalStack's own pid.
+    (cd /tmp
+     SERVICES=s3 GATEWAY_LISTEN=127.0.0.1:4566 LOCALSTACK_HOST=127.0.0.1:4566 \
+       nohup "$venv/bin/python" -m localstack.runtime.main >"$log" 2>&1 &
+     echo $! >"$pidfile")
   fi
   for _ in $(seq 1 120); do
     if healthy; then ensure_bucket; echo "localstack: S3 ready at $endpoint, bucket $bucket"; return; fi
@@ -52,6 +56,17 @@ start() {
 stop() {
   if docker info >/dev/null 2>&1; then docker compose -f "$here/localstack/docker-compose.yml" down || true; fi
   if [ -f "$pidfile" ]; then kill "$(cat "$pidfile")" 2>/dev/null || true; rm -f "$pidfile"; fi
+  # One started by an older copy of this script recorded the wrong pid: find it by its
+  # command line (only the venv's LocalStack, never another Python).
+  pkill -f "$venv/bin/python -m localstack.runtime.main" 2>/dev/null || true
+  for _ in $(seq 1 30); do
+    if ! healthy && ! pgrep -f "$venv/bin/python -m localstack.runtime.main" >/dev/null; then
+      echo "localstack: stopped"; return
+    fi
+    sleep 1
+  done
+  echo "localstack: still answering at $endpoint after 30 s" >&2
+  exit 1
 }
 
 case "${1:-start}" in
