@@ -233,6 +233,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     config.writer.cluster_id = cluster_id;
     let (log, queue) = Log::new(recovered.state, recovered.next, 10_000);
     log.quota().set_limit(config.limits.quota_backend_bytes);
+    log.quota().set_member(me.id);
     // etcd keeps the alarm in its backend; here it is recomputed from the state at start.
     let state = log.state();
     if state.bytes() > log.quota().limit() {

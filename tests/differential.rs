@@ -1250,3 +1250,76 @@ async fn no_progress_below_a_watchers_start_revision() {
         assert_eq!(seen[0], seen[1], "netsy (left) differs from etcd (right)");
     }
 }
+
+/// The alarm store as etcd keeps it: entries by member id (0 included), listed each, writes
+/// refused while any is active, each deactivated on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarms_match_etcd() {
+    use netsy::proto::etcdserverpb::{
+        alarm_request::AlarmAction, maintenance_client::MaintenanceClient, AlarmRequest,
+        AlarmResponse, AlarmType,
+    };
+    let etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let netsy = Netsy::start(&format!("file://{}", dir.path().display()), &[]).await;
+    let channel = |addr: String| async move {
+        Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    };
+    let mut sides = Vec::new();
+    for addr in [etcd.addr.clone(), netsy.addr.clone()] {
+        let ch = channel(addr).await;
+        sides.push((MaintenanceClient::new(ch.clone()), KvClient::new(ch)));
+    }
+    let (none, nospace) = (AlarmType::None as i32, AlarmType::Nospace as i32);
+    let script: Vec<(AlarmAction, u64, i32)> = vec![
+        (AlarmAction::Get, 0, none),
+        (AlarmAction::Activate, 0, nospace),
+        (AlarmAction::Activate, 0, nospace),
+        (AlarmAction::Activate, 7, nospace),
+        (AlarmAction::Get, 0, none),
+        (AlarmAction::Get, 0, nospace),
+        (AlarmAction::Deactivate, 7, nospace),
+        (AlarmAction::Deactivate, 7, nospace),
+        (AlarmAction::Get, 0, none),
+        (AlarmAction::Deactivate, 0, nospace),
+        (AlarmAction::Get, 0, none),
+    ];
+    let mut outcomes: Vec<Vec<String>> = vec![Vec::new(), Vec::new()];
+    for (i, (m, kv)) in sides.iter_mut().enumerate() {
+        for (step, (action, member_id, alarm)) in script.iter().enumerate() {
+            let got = m
+                .alarm(AlarmRequest {
+                    action: *action as i32,
+                    member_id: *member_id,
+                    alarm: *alarm,
+                })
+                .await
+                .map(|r| {
+                    let AlarmResponse { mut alarms, .. } = r.into_inner();
+                    alarms.sort_by_key(|a| (a.member_id, a.alarm));
+                    format!("{alarms:?}")
+                })
+                .map_err(|s| (s.code(), s.message().to_string()));
+            outcomes[i].push(format!("{step} {action:?} {member_id}: {got:?}"));
+            // A write after each step: refused while any alarm is active.
+            let put = kv
+                .put(PutRequest {
+                    key: Bytes::from_static(b"k"),
+                    value: Bytes::from_static(b"v"),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ())
+                .map_err(|s| (s.code(), s.message().to_string()));
+            outcomes[i].push(format!("{step} put: {put:?}"));
+        }
+    }
+    assert_eq!(
+        outcomes[1], outcomes[0],
+        "Netsy (left) and etcd (right) differ"
+    );
+}

@@ -35,29 +35,28 @@ impl Maintenance for MaintenanceService {
         // The only alarm is NOSPACE (the space quota); corruption stops recovery instead.
         let r = r.into_inner();
         let quota = self.ctx.log.quota();
-        let nospace = AlarmMember {
-            member_id: self.ctx.ids.member_id,
-            alarm: AlarmType::Nospace as i32,
+        let nospace = AlarmType::Nospace as i32;
+        let entry = |member_id| AlarmMember {
+            member_id,
+            alarm: nospace,
         };
+        // As etcd's alarm store: entries by member id, whatever id the request names.
         let alarms = match alarm_request::AlarmAction::try_from(r.action) {
             Ok(alarm_request::AlarmAction::Get) => {
-                let wanted = r.alarm == AlarmType::None as i32 || r.alarm == nospace.alarm;
-                if wanted && quota.is_raised() {
-                    vec![nospace]
+                if r.alarm == AlarmType::None as i32 || r.alarm == nospace {
+                    quota.alarmed().into_iter().map(entry).collect()
                 } else {
                     vec![]
                 }
             }
-            Ok(alarm_request::AlarmAction::Activate) if r.alarm == nospace.alarm => {
-                quota.raise();
-                vec![nospace]
+            Ok(alarm_request::AlarmAction::Activate) if r.alarm == nospace => {
+                quota.raise_for(r.member_id);
+                vec![entry(r.member_id)]
             }
-            Ok(alarm_request::AlarmAction::Deactivate) if r.alarm == nospace.alarm => {
-                let was = quota.is_raised();
-                quota.disarm();
-                if was {
-                    tracing::info!("NOSPACE alarm disarmed");
-                    vec![nospace]
+            Ok(alarm_request::AlarmAction::Deactivate) if r.alarm == nospace => {
+                if quota.disarm_for(r.member_id) {
+                    tracing::info!(member_id = r.member_id, "NOSPACE alarm disarmed");
+                    vec![entry(r.member_id)]
                 } else {
                     vec![]
                 }

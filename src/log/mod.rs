@@ -159,10 +159,18 @@ pub struct Log {
 /// the state's size in memory: past it the NOSPACE alarm is raised and requests that add
 /// data fail (deletes, compaction and revokes still work) until an operator compacts and
 /// disarms it. This is the bound on memory: a clear error instead of an OOM kill.
+///
+/// As in etcd, the alarm is kept per member id: `Alarm` requests may activate and deactivate
+/// it for any id (0 included), a list returns each member's entry, and writes are refused
+/// while any entry is active. The quota itself raises it for this node's id.
 #[derive(Debug)]
 pub struct Quota {
     limit: std::sync::atomic::AtomicI64,
     nospace: std::sync::atomic::AtomicBool,
+    /// Member ids with an active NOSPACE alarm; `nospace` caches whether it is non-empty.
+    alarmed: std::sync::Mutex<std::collections::BTreeSet<u64>>,
+    /// This node's member id, which the quota raises the alarm for.
+    member: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Quota {
@@ -170,6 +178,8 @@ impl Default for Quota {
         Self {
             limit: std::sync::atomic::AtomicI64::new(DEFAULT_QUOTA_BYTES),
             nospace: Default::default(),
+            alarmed: Default::default(),
+            member: Default::default(),
         }
     }
 }
@@ -210,14 +220,41 @@ impl Quota {
         true
     }
 
+    /// The member id the quota raises the alarm for.
+    pub fn set_member(&self, id: u64) {
+        self.member.store(id, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Raises the alarm for this node.
     pub fn raise(&self) {
+        self.raise_for(self.member.load(std::sync::atomic::Ordering::Relaxed));
+    }
+
+    pub fn raise_for(&self, member: u64) {
+        let mut alarmed = self.alarmed.lock().expect("quota lock");
+        alarmed.insert(member);
         self.nospace
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    pub fn disarm(&self) {
+    /// Deactivates `member`'s alarm; whether it was active. Writes resume once no member's
+    /// alarm is.
+    pub fn disarm_for(&self, member: u64) -> bool {
+        let mut alarmed = self.alarmed.lock().expect("quota lock");
+        let was = alarmed.remove(&member);
         self.nospace
-            .store(false, std::sync::atomic::Ordering::Relaxed);
+            .store(!alarmed.is_empty(), std::sync::atomic::Ordering::Relaxed);
+        was
+    }
+
+    /// The member ids with an active alarm.
+    pub fn alarmed(&self) -> Vec<u64> {
+        self.alarmed
+            .lock()
+            .expect("quota lock")
+            .iter()
+            .copied()
+            .collect()
     }
 
     pub fn is_raised(&self) -> bool {
