@@ -1255,13 +1255,37 @@ async fn no_progress_below_a_watchers_start_revision() {
 /// refused while any is active, each deactivated on its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alarms_match_etcd() {
+    alarms_match(Backend::File).await;
+}
+
+/// A follower passes alarm calls to the leader, whose quota refuses the writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarms_match_etcd_through_a_follower() {
+    alarms_match(Backend::Follower).await;
+}
+
+async fn alarms_match(backend: Backend) {
     use netsy::proto::etcdserverpb::{
         alarm_request::AlarmAction, maintenance_client::MaintenanceClient, AlarmRequest,
         AlarmResponse, AlarmType,
     };
     let etcd = Etcd::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let netsy = Netsy::start(&format!("file://{}", dir.path().display()), &[]).await;
+    let mut nodes = Vec::new();
+    if matches!(backend, Backend::Follower) {
+        common::s3_store("probe").await;
+        let store = format!(
+            "s3://{}/{}",
+            common::s3_bucket(),
+            common::unique_prefix("alarms")
+        );
+        nodes.push(Netsy::start(&store, &["--name", "n0"]).await);
+        // Started second, it follows the first; the client talks only to it.
+        nodes.push(Netsy::start(&store, &["--name", "n1"]).await);
+    } else {
+        nodes.push(Netsy::start(&format!("file://{}", dir.path().display()), &[]).await);
+    }
+    let netsy = nodes.last().expect("a node");
     let channel = |addr: String| async move {
         Channel::from_shared(format!("http://{addr}"))
             .unwrap()

@@ -33,6 +33,15 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, r: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
         // The only alarm is NOSPACE (the space quota); corruption stops recovery instead.
+        // The leader's quota refuses the writes, so a follower passes the call to it.
+        if let Some(link) = self.ctx.write_target(&r)? {
+            let answer = crate::proto::etcdserverpb::maintenance_client::MaintenanceClient::new(
+                link.channel.clone(),
+            )
+            .alarm(crate::cluster::forward::outbound(r.into_inner()))
+            .await;
+            return crate::cluster::forward::answered(&link, answer);
+        }
         let r = r.into_inner();
         let quota = self.ctx.log.quota();
         let nospace = AlarmType::Nospace as i32;
