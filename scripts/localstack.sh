@@ -58,9 +58,10 @@ stop() {
   if [ -f "$pidfile" ]; then kill "$(cat "$pidfile")" 2>/dev/null || true; rm -f "$pidfile"; fi
   # One started by an older copy of this script recorded the wrong pid: find it by its
   # command line (only the venv's LocalStack, never another Python).
-  pkill -f "$venv/bin/python -m localstack.runtime.main" 2>/dev/null || true
+  local running="$venv/bin/python -m localstack.runtime.main"
+  pkill -f "$running" 2>/dev/null || true
   for _ in $(seq 1 30); do
-    if ! healthy && ! pgrep -f "$venv/bin/python -m localstack.runtime.main" >/dev/null; then
+    if ! healthy && ! pgrep -f "$running" >/dev/null; then
       echo "localstack: stopped"; return
     fi
     sleep 1

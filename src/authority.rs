@@ -109,8 +109,9 @@ impl<T> AuthorityFix<T> {
                         if n == 0 {
                             return Ok(());
                         }
+                        // `unsplit` takes the bytes without a copy when `out` is empty.
                         let payload = self.raw.split_to(n);
-                        self.out.extend_from_slice(&payload);
+                        self.out.unsplit(payload);
                         self.skip -= n;
                         continue;
                     }
@@ -125,7 +126,7 @@ impl<T> AuthorityFix<T> {
                             return Err(invalid("a frame inside a header block"));
                         }
                         let header = self.raw.split_to(9);
-                        self.out.extend_from_slice(&header);
+                        self.out.unsplit(header);
                         self.skip = len;
                         continue;
                     }

@@ -326,31 +326,6 @@ fn pick_crash(points: &[&str], turn: &mut usize) -> Option<String> {
     Some(format!("{point}:{nth}"))
 }
 
-/// Waits until the node at `addr` leads (its status names itself as leader).
-async fn wait_leading(n: &mut Netsy) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(mut c) = n.client().await {
-            if let Ok(s) = c.status().await {
-                if s.leader() != 0 && Some(s.leader()) == s.header().map(|h| h.member_id()) {
-                    return;
-                }
-            }
-        }
-        assert!(
-            n.child.try_wait().unwrap().is_none(),
-            "the follower exited:\n{}",
-            n.log()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "the follower never took over:\n{}",
-            n.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// `follower`: every cycle also starts a second node that follows the one that crashes; the
 /// clients talk only to it (their writes are forwarded), and once the leader is dead it
 /// takes over and must hold every acknowledged write before it is stopped in turn.
@@ -457,7 +432,7 @@ async fn crash_loop(store: &str, cycles: usize, points: &[&str], follower: bool)
         if let Some(f) = follower.as_mut() {
             // The follower takes over from the bucket and what it was sent: it must hold
             // everything acknowledged through it, crash points included.
-            wait_leading(f).await;
+            f.wait_leading().await;
             let snapshot = ledger.lock().unwrap().clone();
             let v = verify(&f.addr, &snapshot).await.unwrap_or_else(|e| {
                 panic!(
@@ -537,6 +512,15 @@ async fn file_store_crash_loop() {
     .await;
 }
 
+/// The crash points an S3 store can reach: the local store's link step does not exist there.
+fn s3_points() -> Vec<&'static str> {
+    netsy::crashpoint::POINTS
+        .iter()
+        .copied()
+        .filter(|p| *p != "store-before-link")
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_store_crash_loop() {
     common::s3_store("probe").await;
@@ -545,13 +529,13 @@ async fn s3_store_crash_loop() {
         common::s3_bucket(),
         common::unique_prefix("crash")
     );
-    // The local store's link step does not exist on S3.
-    let points: Vec<&str> = netsy::crashpoint::POINTS
-        .iter()
-        .copied()
-        .filter(|p| *p != "store-before-link")
-        .collect();
-    crash_loop(&store, cycles("NETSY_CRASH_CYCLES_S3", 8), &points, false).await;
+    crash_loop(
+        &store,
+        cycles("NETSY_CRASH_CYCLES_S3", 8),
+        &s3_points(),
+        false,
+    )
+    .await;
 }
 
 /// The S3 crash loop with the clients on a follower of the crashing leader, which then takes
@@ -564,10 +548,11 @@ async fn s3_store_crash_loop_through_a_follower() {
         common::s3_bucket(),
         common::unique_prefix("crash-follower")
     );
-    let points: Vec<&str> = netsy::crashpoint::POINTS
-        .iter()
-        .copied()
-        .filter(|p| *p != "store-before-link")
-        .collect();
-    crash_loop(&store, cycles("NETSY_CRASH_CYCLES_S3", 8), &points, true).await;
+    crash_loop(
+        &store,
+        cycles("NETSY_CRASH_CYCLES_S3", 8),
+        &s3_points(),
+        true,
+    )
+    .await;
 }

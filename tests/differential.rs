@@ -11,11 +11,11 @@ mod common;
 use bytes::Bytes;
 use common::{Etcd, Netsy};
 use netsy::proto::etcdserverpb::{
-    compare, kv_client::KvClient, lease_client::LeaseClient, request_op, response_op,
-    watch_client::WatchClient, watch_request, CompactionRequest, Compare, DeleteRangeRequest,
-    LeaseGrantRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest,
-    RequestOp, ResponseHeader, TxnRequest, TxnResponse, WatchCreateRequest, WatchProgressRequest,
-    WatchRequest, WatchResponse,
+    compare, kv_client::KvClient, lease_client::LeaseClient, maintenance_client::MaintenanceClient,
+    request_op, response_op, watch_client::WatchClient, watch_request, CompactionRequest, Compare,
+    DeleteRangeRequest, LeaseGrantRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest, PutRequest,
+    RangeRequest, RequestOp, ResponseHeader, TxnRequest, TxnResponse, WatchCreateRequest,
+    WatchProgressRequest, WatchRequest, WatchResponse,
 };
 use std::fmt::Debug;
 use std::future::Future;
@@ -27,6 +27,7 @@ struct Side {
     kv: KvClient<Channel>,
     lease: LeaseClient<Channel>,
     watch: WatchClient<Channel>,
+    maintenance: MaintenanceClient<Channel>,
 }
 
 impl Side {
@@ -39,7 +40,8 @@ impl Side {
         Side {
             kv: KvClient::new(ch.clone()),
             lease: LeaseClient::new(ch.clone()),
-            watch: WatchClient::new(ch),
+            watch: WatchClient::new(ch.clone()),
+            maintenance: MaintenanceClient::new(ch),
         }
     }
 }
@@ -1266,38 +1268,9 @@ async fn alarms_match_etcd_through_a_follower() {
 
 async fn alarms_match(backend: Backend) {
     use netsy::proto::etcdserverpb::{
-        alarm_request::AlarmAction, maintenance_client::MaintenanceClient, AlarmRequest,
-        AlarmResponse, AlarmType,
+        alarm_request::AlarmAction, AlarmRequest, AlarmResponse, AlarmType,
     };
-    let etcd = Etcd::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut nodes = Vec::new();
-    if matches!(backend, Backend::Follower) {
-        common::s3_store("probe").await;
-        let store = format!(
-            "s3://{}/{}",
-            common::s3_bucket(),
-            common::unique_prefix("alarms")
-        );
-        nodes.push(Netsy::start(&store, &["--name", "n0"]).await);
-        // Started second, it follows the first; the client talks only to it.
-        nodes.push(Netsy::start(&store, &["--name", "n1"]).await);
-    } else {
-        nodes.push(Netsy::start(&format!("file://{}", dir.path().display()), &[]).await);
-    }
-    let netsy = nodes.last().expect("a node");
-    let channel = |addr: String| async move {
-        Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    };
-    let mut sides = Vec::new();
-    for addr in [etcd.addr.clone(), netsy.addr.clone()] {
-        let ch = channel(addr).await;
-        sides.push((MaintenanceClient::new(ch.clone()), KvClient::new(ch)));
-    }
+    let mut d = Diff::start(backend).await;
     let (none, nospace) = (AlarmType::None as i32, AlarmType::Nospace as i32);
     let script: Vec<(AlarmAction, u64, i32)> = vec![
         (AlarmAction::Get, 0, none),
@@ -1313,9 +1286,10 @@ async fn alarms_match(backend: Backend) {
         (AlarmAction::Get, 0, none),
     ];
     let mut outcomes: Vec<Vec<String>> = vec![Vec::new(), Vec::new()];
-    for (i, (m, kv)) in sides.iter_mut().enumerate() {
+    for (i, side) in [&mut d.etcd, &mut d.netsy].into_iter().enumerate() {
         for (step, (action, member_id, alarm)) in script.iter().enumerate() {
-            let got = m
+            let got = side
+                .maintenance
                 .alarm(AlarmRequest {
                     action: *action as i32,
                     member_id: *member_id,
@@ -1330,7 +1304,8 @@ async fn alarms_match(backend: Backend) {
                 .map_err(|s| (s.code(), s.message().to_string()));
             outcomes[i].push(format!("{step} {action:?} {member_id}: {got:?}"));
             // A write after each step: refused while any alarm is active.
-            let put = kv
+            let put = side
+                .kv
                 .put(PutRequest {
                     key: Bytes::from_static(b"k"),
                     value: Bytes::from_static(b"v"),

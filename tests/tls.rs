@@ -24,24 +24,29 @@ fn p(dir: &Path, f: &str) -> String {
 }
 
 /// etcdctl against `https://addr` trusting `ca`, with an optional client cert pair.
-fn put(addr: &str, ca: &str, client: Option<(&str, &str)>, key: &str) -> (bool, String) {
-    let endpoint = format!("--endpoints=https://{addr}");
-    let cacert = format!("--cacert={ca}");
+fn etcdctl_tls(
+    addr: &str,
+    ca: &str,
+    client: Option<(&str, &str)>,
+    command: &[&str],
+) -> (bool, String, String) {
     let mut args = vec![
-        endpoint.as_str(),
-        cacert.as_str(),
-        "--dial-timeout=2s",
-        "--command-timeout=3s",
+        format!("--endpoints=https://{addr}"),
+        format!("--cacert={ca}"),
+        "--dial-timeout=2s".into(),
+        "--command-timeout=3s".into(),
     ];
-    let (cert, keyf);
     if let Some((c, k)) = client {
-        cert = format!("--cert={c}");
-        keyf = format!("--key={k}");
-        args.push(&cert);
-        args.push(&keyf);
+        args.push(format!("--cert={c}"));
+        args.push(format!("--key={k}"));
     }
-    args.extend(["put", key, "v"]);
-    let (ok, out, err) = etcdctl(&args);
+    args.extend(command.iter().map(|s| s.to_string()));
+    etcdctl(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// `etcdctl put KEY v` over TLS: whether it answered OK, and its stderr.
+fn put(addr: &str, ca: &str, client: Option<(&str, &str)>, key: &str) -> (bool, String) {
+    let (ok, out, err) = etcdctl_tls(addr, ca, client, &["put", key, "v"]);
     (ok && out.trim() == "OK", err)
 }
 
@@ -83,15 +88,7 @@ async fn mutual_tls_requires_a_client_certificate_from_the_trusted_ca() {
         &["endpoint", "health"],
         &["defrag"],
     ] {
-        let mut args = vec![
-            format!("--endpoints=https://{}", n.addr),
-            format!("--cacert={ca}"),
-            format!("--cert={}", good.0),
-            format!("--key={}", good.1),
-        ];
-        args.extend(cmd.iter().map(|s| s.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (ok, out, err) = etcdctl(&args);
+        let (ok, out, err) = etcdctl_tls(&n.addr, &ca, Some((&good.0, &good.1)), cmd);
         assert!(ok, "etcdctl {cmd:?} over https://: {out}{err}");
     }
     let (ok, _) = put(&n.addr, &ca, None, "k2");

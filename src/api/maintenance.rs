@@ -3,6 +3,7 @@
 //! etcd ≥ 3.5.13, and Netsy implements what those need.
 
 use super::{errors, Context};
+use crate::cluster::forward;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::*;
 use futures::Stream;
@@ -35,12 +36,10 @@ impl Maintenance for MaintenanceService {
         // The only alarm is NOSPACE (the space quota); corruption stops recovery instead.
         // The leader's quota refuses the writes, so a follower passes the call to it.
         if let Some(link) = self.ctx.write_target(&r)? {
-            let answer = crate::proto::etcdserverpb::maintenance_client::MaintenanceClient::new(
-                link.channel.clone(),
-            )
-            .alarm(crate::cluster::forward::outbound(r.into_inner()))
-            .await;
-            return crate::cluster::forward::answered(&link, answer);
+            let answer = maintenance_client::MaintenanceClient::new(link.channel.clone())
+                .alarm(forward::outbound(r.into_inner()))
+                .await;
+            return forward::answered(&link, answer);
         }
         let r = r.into_inner();
         let quota = self.ctx.log.quota();

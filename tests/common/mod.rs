@@ -133,20 +133,33 @@ impl Netsy {
     }
 
     pub async fn wait_ready(&mut self) {
+        // Answering is not enough: a node that follows no leader yet (its lease holder
+        // died and the lease has not expired) answers but cannot write.
+        self.wait_status("become ready", |s| s.leader() != 0).await;
+    }
+
+    /// Waits until this node leads (its status names itself).
+    pub async fn wait_leading(&mut self) {
+        self.wait_status("lead", |s| {
+            s.leader() != 0 && Some(s.leader()) == s.header().map(|h| h.member_id())
+        })
+        .await;
+    }
+
+    /// Polls Status until `ok` holds; panics if the process exits or a minute passes.
+    async fn wait_status(&mut self, what: &str, ok: impl Fn(&etcd_client::StatusResponse) -> bool) {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("netsy exited early ({status}):\n{}", self.log());
             }
-            // Answering is not enough: a node that follows no leader yet (its lease holder
-            // died and the lease has not expired) answers but cannot write.
             if let Ok(mut c) = self.client().await {
-                if c.status().await.is_ok_and(|s| s.leader() != 0) {
+                if c.status().await.is_ok_and(|s| ok(&s)) {
                     return;
                 }
             }
             if std::time::Instant::now() > deadline {
-                panic!("netsy did not become ready:\n{}", self.log());
+                panic!("netsy did not {what}:\n{}", self.log());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
