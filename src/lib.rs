@@ -13,6 +13,7 @@ pub mod clock;
 pub mod cluster;
 pub mod coalesce;
 pub mod crashpoint;
+pub mod etcd_backend;
 pub mod format;
 #[doc(hidden)]
 pub mod fuzz;

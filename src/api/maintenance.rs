@@ -3,6 +3,8 @@
 //! etcd ≥ 3.5.13, and Netsy implements what those need.
 
 use super::{errors, Context};
+use crate::etcd_backend::{self, hash};
+use crate::mvcc::State;
 use crate::cluster::forward;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::*;
@@ -114,25 +116,55 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash(&self, _r: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        Err(errors::unimplemented("Maintenance.Hash"))
+        let state = self.ctx.log.state();
+        let alarms = self.ctx.log.quota().alarmed();
+        let revision = state.revision;
+        let hash = blocking(move || Ok(hash::hash(&state, &alarms))).await?;
+        Ok(Response::new(HashResponse {
+            header: self.ctx.header(revision),
+            hash,
+        }))
     }
 
     async fn hash_kv(
         &self,
-        _r: Request<HashKvRequest>,
+        r: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
-        Err(errors::unimplemented("Maintenance.HashKV"))
+        let rev = r.into_inner().revision;
+        let state = self.ctx.log.state();
+        let (head, compact_revision) = (state.revision, state.compact_revision);
+        let (hash, hash_revision) =
+            blocking(move || hash::hash_kv(&state, rev).map_err(Status::from)).await?;
+        Ok(Response::new(HashKvResponse {
+            header: self.ctx.header(head),
+            hash,
+            compact_revision,
+            hash_revision,
+        }))
     }
 
     type SnapshotStream = SnapshotStream;
 
+    /// The state as etcd's database (bbolt, etcd's layout), streamed as etcd streams its
+    /// own: 32 KiB blobs with the bytes remaining, then the SHA-256 of the whole that
+    /// `snapshot restore` checks. Served from this node's state, leader or follower.
     async fn snapshot(
         &self,
         _r: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(errors::unimplemented(
-            "Maintenance.Snapshot (a bbolt snapshot; Netsy's snapshots are .netsy objects in the bucket)",
-        ))
+        let state = self.ctx.log.state();
+        let alarms = self.ctx.log.quota().alarmed();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let sent = send_snapshot(&state, &alarms, &tx);
+            if let Err(e) = sent {
+                tracing::warn!(error = %e, "snapshot failed");
+                let _ = tx.blocking_send(Err(Status::internal(format!("snapshot: {e}"))));
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn move_leader(
@@ -148,4 +180,60 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<DowngradeResponse>, Status> {
         Err(errors::unimplemented("Maintenance.Downgrade"))
     }
+}
+
+/// etcd's snapshot blob size.
+const SNAPSHOT_BLOB: usize = 32 * 1024;
+
+/// Runs `f` off the async workers: hashing and snapshots walk every retained version.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+}
+
+/// Writes the database and sends it; an error is returned only while the client listens.
+fn send_snapshot(
+    state: &State,
+    alarms: &[u64],
+    tx: &tokio::sync::mpsc::Sender<Result<SnapshotResponse, Status>>,
+) -> Result<(), etcd_backend::bolt::BoltError> {
+    use sha2::Digest;
+    use std::io::Read;
+    let started = std::time::Instant::now();
+    let (mut file, total) = etcd_backend::write_db(state, alarms)?;
+    tracing::info!(
+        revision = state.revision,
+        bytes = total,
+        write_ms = started.elapsed().as_millis() as u64,
+        "sending database snapshot"
+    );
+    let version = etcd_backend::schema::STORAGE_VERSION.to_string();
+    let mut sha = sha2::Sha256::new();
+    let mut sent = 0u64;
+    while sent < total {
+        let mut blob = vec![0u8; SNAPSHOT_BLOB.min((total - sent) as usize)];
+        file.read_exact(&mut blob)?;
+        sha.update(&blob);
+        sent += blob.len() as u64;
+        let resp = SnapshotResponse {
+            header: None,
+            remaining_bytes: total - sent,
+            blob: blob.into(),
+            version: version.clone(),
+        };
+        if tx.blocking_send(Ok(resp)).is_err() {
+            return Ok(()); // the client went away
+        }
+    }
+    let resp = SnapshotResponse {
+        header: None,
+        remaining_bytes: 0,
+        blob: sha.finalize().to_vec().into(),
+        version,
+    };
+    let _ = tx.blocking_send(Ok(resp));
+    Ok(())
 }

@@ -626,9 +626,7 @@ impl State {
     }
 
     /// [`State::to_records`] one record at a time: a snapshot of a large state is encoded
-    /// as it is walked, never holding every record at once. Only the versions older than
-    /// the retained change log (at most one live version per key) are gathered first, as
-    /// references, to be put in revision order.
+    /// as it is walked, never holding every record at once.
     pub fn records(&self) -> impl Iterator<Item = Record> + '_ {
         let record = |key: &Key, v: &Version, prev: Option<&Version>| Record {
             revision: v.mod_revision,
@@ -642,6 +640,26 @@ impl State {
             value: v.value.clone(),
             ..Default::default()
         };
+        let changed = self
+            .ordered_versions()
+            .map(move |c| record(c.key, c.version, c.prev));
+        let leases = self.leases.values().map(|lease| Record {
+            revision: self.revision,
+            kind: RecordKind::LeaseGrant as i32,
+            lease: lease.id,
+            ttl: lease.ttl,
+            ..Default::default()
+        });
+        changed.chain(leases)
+    }
+
+    /// Every retained version in revision order, each with its sub-revision (its place
+    /// among the changes of its revision, as etcd numbers them) and, within the change log,
+    /// the live version before it. Only the versions older than the retained change log (at
+    /// most one live version per key) are gathered first, as references, to be put in
+    /// revision order; their revisions' change order is gone, so they are numbered in key
+    /// order.
+    pub fn ordered_versions(&self) -> impl Iterator<Item = Ordered<'_>> + '_ {
         // Every revision from the oldest retained change up is in the change log.
         let logged_from = self.changes.first_revision().unwrap_or(i64::MAX);
         let mut older: Vec<(&Key, &Version)> = self
@@ -655,23 +673,46 @@ impl State {
             })
             .collect();
         older.sort_by_key(|(_, v)| v.mod_revision);
+        let mut last = (0, 0);
+        let older = older.into_iter().map(move |(key, version)| {
+            last = if last.0 == version.mod_revision {
+                (last.0, last.1 + 1)
+            } else {
+                (version.mod_revision, 0)
+            };
+            Ordered {
+                sub: last.1,
+                key,
+                version,
+                prev: None,
+            }
+        });
+        // A change whose version compaction dropped (a tombstone at the compacted revision)
+        // still holds its sub-revision.
         let changed = self.changes.iter().flat_map(move |(rev, keys)| {
-            keys.iter().filter_map(move |key| {
-                let (v, prev) = self.keys.get(key)?.change_at(rev)?;
-                Some(record(key, v, prev))
+            keys.iter().enumerate().filter_map(move |(sub, key)| {
+                let (version, prev) = self.keys.get(key)?.change_at(rev)?;
+                Some(Ordered {
+                    sub: sub as i64,
+                    key,
+                    version,
+                    prev,
+                })
             })
         });
-        let leases = self.leases.values().map(|lease| Record {
-            revision: self.revision,
-            kind: RecordKind::LeaseGrant as i32,
-            lease: lease.id,
-            ttl: lease.ttl,
-            ..Default::default()
-        });
-        older
-            .into_iter()
-            .map(move |(key, v)| record(key, v, None))
-            .chain(changed)
-            .chain(leases)
+        older.chain(changed)
     }
+
+    /// Whether any key is live at `rev`.
+    pub fn any_live_at(&self, rev: i64) -> bool {
+        self.keys.values().any(|h| h.live_at(rev).is_some())
+    }
+}
+
+/// One retained version, from [`State::ordered_versions`].
+pub struct Ordered<'a> {
+    pub sub: i64,
+    pub key: &'a Key,
+    pub version: &'a Version,
+    pub prev: Option<&'a Version>,
 }
