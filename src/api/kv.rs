@@ -181,18 +181,26 @@ impl Kv for KvService {
     ) -> Result<GrpcResponse<CompactionResponse>, Status> {
         let target = self.ctx.write_target(&request)?;
         let r = request.into_inner();
-        if let Some(link) = target {
+        let (compacted, physical) = (r.revision, r.physical);
+        let answer = if let Some(link) = target {
             let answer = self.leader(&link).compact(forward::outbound(r)).await;
-            return forward::written(&self.ctx.log, &link, answer).await;
+            forward::written(&self.ctx.log, &link, answer).await?
+        } else {
+            match self.ctx.log.write(Request::Compact(r.revision)).await? {
+                Response::Compact { revision } => forward::marked(
+                    &self.ctx.log,
+                    CompactionResponse {
+                        header: self.ctx.header(revision),
+                    },
+                ),
+                other => return Err(super::unexpected(&other)),
+            }
+        };
+        // Physical: answered once the compaction's work (here its hash) is done, as etcd.
+        if physical {
+            let hashed = self.ctx.log.compaction_hashes().wait(compacted);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), hashed).await;
         }
-        match self.ctx.log.write(Request::Compact(r.revision)).await? {
-            Response::Compact { revision } => Ok(forward::marked(
-                &self.ctx.log,
-                CompactionResponse {
-                    header: self.ctx.header(revision),
-                },
-            )),
-            other => Err(super::unexpected(&other)),
-        }
+        Ok(answer)
     }
 }

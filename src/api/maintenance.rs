@@ -3,9 +3,9 @@
 //! etcd ≥ 3.5.13, and Netsy implements what those need.
 
 use super::{errors, Context};
+use crate::cluster::forward;
 use crate::etcd_backend::{self, hash};
 use crate::mvcc::State;
-use crate::cluster::forward;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::*;
 use futures::Stream;
@@ -126,13 +126,23 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn hash_kv(
-        &self,
-        r: Request<HashKvRequest>,
-    ) -> Result<Response<HashKvResponse>, Status> {
+    async fn hash_kv(&self, r: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
         let rev = r.into_inner().revision;
         let state = self.ctx.log.state();
-        let (head, compact_revision) = (state.revision, state.compact_revision);
+        if let Some(kept) = self.ctx.log.compaction_hashes().at(rev) {
+            return Ok(Response::new(HashKvResponse {
+                header: self.ctx.header(state.revision),
+                hash: kept.hash,
+                compact_revision: kept.compact_revision,
+                hash_revision: kept.revision,
+            }));
+        }
+        // etcd reports -1 until its first compaction.
+        let compact_revision = match state.compact_revision {
+            0 => -1,
+            c => c,
+        };
+        let head = state.revision;
         let (hash, hash_revision) =
             blocking(move || hash::hash_kv(&state, rev).map_err(Status::from)).await?;
         Ok(Response::new(HashKvResponse {

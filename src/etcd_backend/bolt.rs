@@ -336,7 +336,10 @@ impl<'a> Db<'a> {
     fn page(&self, id: u64) -> Result<&'a [u8], BoltError> {
         let corrupt = |reason: String| BoltError::Corrupt { page: id, reason };
         if id < 2 || id >= self.pages {
-            return Err(corrupt(format!("outside the database ({} pages)", self.pages)));
+            return Err(corrupt(format!(
+                "outside the database ({} pages)",
+                self.pages
+            )));
         }
         let start = id as usize * self.page_size;
         let head = &self.data[start..start + HEADER];
@@ -345,7 +348,9 @@ impl<'a> Db<'a> {
         }
         let overflow = u64::from(u32_at(head, 12));
         if id + overflow >= self.pages {
-            return Err(corrupt(format!("{overflow} overflow pages run past the end")));
+            return Err(corrupt(format!(
+                "{overflow} overflow pages run past the end"
+            )));
         }
         Ok(&self.data[start..start + (1 + overflow as usize) * self.page_size])
     }
@@ -428,7 +433,8 @@ impl<'a> Db<'a> {
                 for i in 0..count {
                     let at = HEADER + i * ELEMENT;
                     let e = &page[at..at + ELEMENT];
-                    let (eflags, pos, ks, vs) = (u32_at(e, 0), u32_at(e, 4), u32_at(e, 8), u32_at(e, 12));
+                    let (eflags, pos, ks, vs) =
+                        (u32_at(e, 0), u32_at(e, 4), u32_at(e, 8), u32_at(e, 12));
                     let kv = slice(at, pos, ks as usize + vs as usize)?;
                     f(&kv[..ks as usize], &kv[ks as usize..], eflags)?;
                 }
@@ -456,7 +462,9 @@ mod tests {
     use super::*;
     use std::io::Cursor;
 
-    fn written(buckets: &[(&str, Vec<(Vec<u8>, Vec<u8>)>)]) -> Vec<u8> {
+    type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+    fn written(buckets: &[(&str, Entries)]) -> Vec<u8> {
         let mut w = Writer::new(Cursor::new(Vec::new())).unwrap();
         for (name, entries) in buckets {
             w.bucket(name.as_bytes(), entries.iter().map(|(k, v)| (k, v)))
@@ -468,7 +476,7 @@ mod tests {
         bytes
     }
 
-    fn read(db: &Db, name: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    fn read(db: &Db, name: &str) -> Entries {
         let mut got = Vec::new();
         db.for_each(name.as_bytes(), |k, v| {
             got.push((k.to_vec(), v.to_vec()));
@@ -481,10 +489,22 @@ mod tests {
     #[test]
     fn buckets_small_large_and_empty_read_back() {
         let many: Vec<_> = (0..20_000u32)
-            .map(|i| (format!("key/{i:08}").into_bytes(), vec![i as u8; (i % 300) as usize]))
+            .map(|i| {
+                (
+                    format!("key/{i:08}").into_bytes(),
+                    vec![i as u8; (i % 300) as usize],
+                )
+            })
             .collect();
-        let big = vec![(b"big".to_vec(), vec![7u8; 3 * PAGE_SIZE + 5]), (b"small".to_vec(), b"v".to_vec())];
-        let bytes = written(&[("many", many.clone()), ("empty", vec![]), ("big", big.clone())]);
+        let big = vec![
+            (b"big".to_vec(), vec![7u8; 3 * PAGE_SIZE + 5]),
+            (b"small".to_vec(), b"v".to_vec()),
+        ];
+        let bytes = written(&[
+            ("many", many.clone()),
+            ("empty", vec![]),
+            ("big", big.clone()),
+        ]);
         let db = Db::open(&bytes).unwrap();
         assert_eq!(
             db.bucket_names().unwrap(),
@@ -493,7 +513,10 @@ mod tests {
         assert_eq!(read(&db, "many"), many);
         assert_eq!(read(&db, "big"), big);
         assert!(read(&db, "empty").is_empty());
-        assert!(matches!(db.for_each(b"nope", |_, _| Ok(())), Err(BoltError::NoBucket(_))));
+        assert!(matches!(
+            db.for_each(b"nope", |_, _| Ok(())),
+            Err(BoltError::NoBucket(_))
+        ));
     }
 
     #[test]
@@ -511,7 +534,10 @@ mod tests {
             .map(|i| (i.to_be_bytes().to_vec(), vec![1u8; 50]))
             .collect();
         let bytes = written(&[("key", entries)]);
-        assert!(matches!(Db::open(&bytes[..bytes.len() - PAGE_SIZE]), Err(BoltError::Truncated { .. })));
+        assert!(matches!(
+            Db::open(&bytes[..bytes.len() - PAGE_SIZE]),
+            Err(BoltError::Truncated { .. })
+        ));
         assert!(matches!(Db::open(b"hello"), Err(BoltError::NotBolt(_))));
         // One meta damaged: the other still opens it, as bbolt does.
         let mut one = bytes.clone();
@@ -522,7 +548,8 @@ mod tests {
         // A leaf element pointing past its page.
         let mut bad = bytes.clone();
         let leaf = 2 * PAGE_SIZE;
-        bad[leaf + HEADER + 4..leaf + HEADER + 8].copy_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
+        bad[leaf + HEADER + 4..leaf + HEADER + 8]
+            .copy_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
         let db = Db::open(&bad).unwrap();
         let e = db.for_each(b"key", |_, _| Ok(())).unwrap_err();
         assert!(e.to_string().contains("page 2"), "{e}");

@@ -54,8 +54,12 @@ pub fn hash(state: &State, alarms: &[u64]) -> u32 {
         h = crc32c::crc32c_append(h, name);
         for (k, v) in entries {
             let ignored = name == schema::META
-                && [schema::TERM, schema::CONSISTENT_INDEX, schema::STORAGE_VERSION_KEY]
-                    .contains(&k.as_slice());
+                && [
+                    schema::TERM,
+                    schema::CONSISTENT_INDEX,
+                    schema::STORAGE_VERSION_KEY,
+                ]
+                .contains(&k.as_slice());
             if !ignored {
                 h = crc32c::crc32c_append(h, &k);
                 h = crc32c::crc32c_append(h, &v);

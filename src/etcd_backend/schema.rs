@@ -90,7 +90,10 @@ pub fn key_entries(state: &State) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> + 
 }
 
 /// A bucket: its name and its entries in key order.
-pub type Bucket<'a> = (&'static [u8], Box<dyn Iterator<Item = (Vec<u8>, Vec<u8>)> + 'a>);
+pub type Bucket<'a> = (
+    &'static [u8],
+    Box<dyn Iterator<Item = (Vec<u8>, Vec<u8>)> + 'a>,
+);
 
 /// Every bucket of the database `state` is written as, in name order (bbolt's order).
 /// `alarms` are the member ids with an active NOSPACE alarm.
@@ -119,8 +122,14 @@ pub fn buckets<'a>(state: &'a State, alarms: &[u64]) -> Vec<Bucket<'a>> {
         .collect();
     leases.sort();
     let mut meta: Vec<(Vec<u8>, Vec<u8>)> = vec![
-        (CONSISTENT_INDEX.to_vec(), (state.revision as u64).to_be_bytes().to_vec()),
-        (STORAGE_VERSION_KEY.to_vec(), STORAGE_VERSION.as_bytes().to_vec()),
+        (
+            CONSISTENT_INDEX.to_vec(),
+            (state.revision as u64).to_be_bytes().to_vec(),
+        ),
+        (
+            STORAGE_VERSION_KEY.to_vec(),
+            STORAGE_VERSION.as_bytes().to_vec(),
+        ),
         (TERM.to_vec(), 1u64.to_be_bytes().to_vec()),
     ];
     if state.compact_revision > 0 {

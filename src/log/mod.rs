@@ -10,6 +10,7 @@
 //!
 //! Readers never go through here: they load the published `Arc<State>`.
 
+pub mod compaction_hashes;
 pub mod layout;
 pub mod leader;
 mod recent;
@@ -153,6 +154,7 @@ pub struct Log {
     /// cannot answer them from its stale state before it notices.
     leader: Arc<arc_swap::ArcSwapOption<leader::Leader>>,
     quota: Arc<Quota>,
+    compaction_hashes: Arc<compaction_hashes::CompactionHashes>,
 }
 
 /// etcd's space quota (`--quota-backend-bytes`) over the bytes of every retained version,
@@ -310,6 +312,7 @@ impl Log {
                 written: Arc::default(),
                 leader: Arc::default(),
                 quota: Arc::default(),
+                compaction_hashes: Arc::default(),
             },
             Queue(rx),
         )
@@ -327,6 +330,11 @@ impl Log {
             Some(l) if l.is_valid() => Ok(self.state()),
             _ => Err(WriteError::NotLeader),
         }
+    }
+
+    /// The hashes of the last compactions (HashKV at a compaction revision).
+    pub fn compaction_hashes(&self) -> &compaction_hashes::CompactionHashes {
+        &self.compaction_hashes
     }
 
     /// The space quota and its alarm.
@@ -351,7 +359,12 @@ impl Log {
     /// Publishes a state whose next chunk goes at `next` (after its chunk is durable, after
     /// recovery, or on a follower after applying the leader's chunk).
     pub(crate) fn publish(&self, mut state: State, next: Position) {
-        state.set_published_after(self.state.load().revision);
+        let before = self.state.load_full();
+        if state.compact_revision > before.compact_revision {
+            self.compaction_hashes
+                .compacted(before.clone(), state.compact_revision);
+        }
+        state.set_published_after(before.revision);
         let rev = state.revision;
         self.state.store(Arc::new(state));
         self.next.send_replace(next);

@@ -203,6 +203,11 @@ pub struct State {
     changes: RevisionIndex,
     leases: OrdMap<i64, Lease>,
     lease_keys: OrdMap<i64, OrdSet<Key>>,
+    /// etcd's sub-revision of each retained version that is not its revision's first
+    /// change (multi-key transactions, range deletes, lease revocations): etcd keeps it
+    /// through compaction in its database keys, which its HashKV covers, while the change
+    /// log that gives it here is dropped by compaction. Empty for single-key writes.
+    subs: OrdMap<(i64, Key), i64>,
     /// Bytes of keys and values held across all retained versions.
     bytes: i64,
     /// Number of retained versions (tombstones included).
@@ -286,6 +291,7 @@ impl State {
             changes: RevisionIndex::default(),
             leases: OrdMap::new(),
             lease_keys: OrdMap::new(),
+            subs: OrdMap::new(),
             bytes: 0,
             versions: 0,
             tails: Arc::default(),
@@ -440,7 +446,9 @@ impl State {
     /// new to the map gets a [`Key`] of its own; a known one keeps the map's.
     /// `likely_new` picks the order of map operations (one tree walk when the guess is right;
     /// the result is the same either way): replay takes it from the record's `created`.
-    fn push_version(&mut self, key: &[u8], v: Version, likely_new: bool) -> bool {
+    /// `sub` is the version's sub-revision when known (a snapshot record's), else 0: its
+    /// place among the changes of `rev`.
+    fn push_version(&mut self, key: &[u8], v: Version, likely_new: bool, sub: i64) -> bool {
         let rev = v.mod_revision;
         let new_lease = if v.is_tombstone() { 0 } else { v.lease };
         let added = (key.len() + v.value.len()) as i64;
@@ -489,7 +497,11 @@ impl State {
         }
         self.bytes += added;
         self.versions += 1;
-        self.changes.push(rev, stored);
+        let place = self.changes.push(rev, stored.clone()) as i64;
+        let sub = sub.max(place);
+        if sub > 0 {
+            self.subs.insert((rev, stored), sub);
+        }
         self.revision = self.revision.max(rev);
         true
     }
@@ -554,7 +566,7 @@ impl State {
         if !r.deleted && v.version <= 0 {
             return Err(inconsistent(&r.key, "live version must be positive"));
         }
-        if !self.push_version(&r.key, v, r.created) {
+        if !self.push_version(&r.key, v, r.created, r.sub_revision) {
             return Err(inconsistent(
                 &r.key,
                 "key already has a version at this revision",
@@ -597,6 +609,11 @@ impl State {
                 continue;
             }
             let dropped = &versions[..start];
+            if !self.subs.is_empty() {
+                for v in dropped {
+                    self.subs.remove(&(v.mod_revision, key.clone()));
+                }
+            }
             self.bytes -= dropped
                 .iter()
                 .map(|v| (key.len() + v.value.len()) as i64)
@@ -628,21 +645,22 @@ impl State {
     /// [`State::to_records`] one record at a time: a snapshot of a large state is encoded
     /// as it is walked, never holding every record at once.
     pub fn records(&self) -> impl Iterator<Item = Record> + '_ {
-        let record = |key: &Key, v: &Version, prev: Option<&Version>| Record {
-            revision: v.mod_revision,
-            key: key.to_bytes(),
-            created: prev.is_none() && !v.is_tombstone(),
-            deleted: v.is_tombstone(),
-            create_revision: v.create_revision,
-            prev_revision: prev.map_or(0, |p| p.mod_revision),
-            version: v.version,
-            lease: v.lease,
-            value: v.value.clone(),
-            ..Default::default()
-        };
-        let changed = self
-            .ordered_versions()
-            .map(move |c| record(c.key, c.version, c.prev));
+        let changed = self.ordered_versions().map(|o| {
+            let v = o.version;
+            Record {
+                revision: v.mod_revision,
+                key: o.key.to_bytes(),
+                created: o.prev.is_none() && !v.is_tombstone(),
+                deleted: v.is_tombstone(),
+                create_revision: v.create_revision,
+                prev_revision: o.prev.map_or(0, |p| p.mod_revision),
+                version: v.version,
+                lease: v.lease,
+                value: v.value.clone(),
+                sub_revision: o.sub,
+                ..Default::default()
+            }
+        });
         let leases = self.leases.values().map(|lease| Record {
             revision: self.revision,
             kind: RecordKind::LeaseGrant as i32,
@@ -653,47 +671,45 @@ impl State {
         changed.chain(leases)
     }
 
-    /// Every retained version in revision order, each with its sub-revision (its place
-    /// among the changes of its revision, as etcd numbers them) and, within the change log,
-    /// the live version before it. Only the versions older than the retained change log (at
-    /// most one live version per key) are gathered first, as references, to be put in
-    /// revision order; their revisions' change order is gone, so they are numbered in key
-    /// order.
+    /// etcd's sub-revision of `key`'s version at `rev`.
+    fn sub(&self, rev: i64, key: &Key) -> i64 {
+        if self.subs.is_empty() {
+            return 0;
+        }
+        self.subs.get(&(rev, key.clone())).copied().unwrap_or(0)
+    }
+
+    /// Every retained version in (revision, sub-revision) order, with its sub-revision and,
+    /// within the change log, the live version before it. Only the versions older than the
+    /// retained change log (at most one live version per key) are gathered first, as
+    /// references, to be put in order.
     pub fn ordered_versions(&self) -> impl Iterator<Item = Ordered<'_>> + '_ {
         // Every revision from the oldest retained change up is in the change log.
         let logged_from = self.changes.first_revision().unwrap_or(i64::MAX);
-        let mut older: Vec<(&Key, &Version)> = self
+        let mut older: Vec<(i64, &Key, &Version)> = self
             .keys
             .iter()
             .flat_map(|(key, h)| {
                 h.versions()
                     .iter()
                     .take_while(move |v| v.mod_revision < logged_from)
-                    .map(move |v| (key, v))
+                    .map(move |v| (self.sub(v.mod_revision, key), key, v))
             })
             .collect();
-        older.sort_by_key(|(_, v)| v.mod_revision);
-        let mut last = (0, 0);
-        let older = older.into_iter().map(move |(key, version)| {
-            last = if last.0 == version.mod_revision {
-                (last.0, last.1 + 1)
-            } else {
-                (version.mod_revision, 0)
-            };
-            Ordered {
-                sub: last.1,
-                key,
-                version,
-                prev: None,
-            }
+        older.sort_by_key(|(sub, _, v)| (v.mod_revision, *sub));
+        let older = older.into_iter().map(|(sub, key, version)| Ordered {
+            sub,
+            key,
+            version,
+            prev: None,
         });
-        // A change whose version compaction dropped (a tombstone at the compacted revision)
-        // still holds its sub-revision.
+        // Change order is sub-revision order (a change compaction dropped, a tombstone at
+        // the compacted revision, is skipped).
         let changed = self.changes.iter().flat_map(move |(rev, keys)| {
-            keys.iter().enumerate().filter_map(move |(sub, key)| {
+            keys.iter().filter_map(move |key| {
                 let (version, prev) = self.keys.get(key)?.change_at(rev)?;
                 Some(Ordered {
-                    sub: sub as i64,
+                    sub: self.sub(rev, key),
                     key,
                     version,
                     prev,

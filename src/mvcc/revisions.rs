@@ -15,13 +15,17 @@ pub(super) struct RevisionIndex(Vector<(i64, ChangedKeys)>);
 
 impl RevisionIndex {
     /// Records that `key` changed at `rev`, which must be at or above the last revision
-    /// recorded (revisions only grow).
-    pub fn push(&mut self, rev: i64, key: Key) {
+    /// recorded (revisions only grow); returns its place among the changes of `rev`.
+    pub fn push(&mut self, rev: i64, key: Key) -> usize {
         match self.0.back_mut() {
-            Some((last, keys)) if *last == rev => keys.push(key),
+            Some((last, keys)) if *last == rev => {
+                keys.push(key);
+                keys.iter().len() - 1
+            }
             last => {
                 debug_assert!(last.is_none_or(|(r, _)| *r < rev), "revisions only grow");
                 self.0.push_back((rev, ChangedKeys::One(key)));
+                0
             }
         }
     }

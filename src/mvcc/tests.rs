@@ -408,3 +408,61 @@ fn stored_values_do_not_pin_the_request_buffer() {
         "key still points into the request buffer"
     );
 }
+
+/// etcd numbers each change of a revision (its sub-revision) and keeps the number through
+/// compaction; so does the state, and through a snapshot's records into a replayed state.
+#[test]
+fn sub_revisions_survive_compaction_and_snapshots() {
+    let mut st = State::new();
+    let del = |k: &str| RequestOp {
+        request: Some(request_op::Request::RequestDeleteRange(
+            DeleteRangeRequest {
+                key: b(k),
+                ..Default::default()
+            },
+        )),
+    };
+    let txn = |st: &mut State, ops: Vec<RequestOp>| {
+        st.txn(&TxnRequest {
+            success: ops,
+            ..Default::default()
+        })
+        .unwrap();
+    };
+    txn(
+        &mut st,
+        vec![op_put("b", "1"), op_put("d", "1"), op_put("c", "1")],
+    ); // 2
+    txn(&mut st, vec![del("b"), op_put("e", "1")]); // 3
+    txn(&mut st, vec![op_put("x", "1")]); // 4
+    txn(&mut st, vec![del("x"), op_put("f", "1")]); // 5
+    let subs = |st: &State| -> Vec<(i64, i64, String)> {
+        st.ordered_versions()
+            .map(|o| {
+                (
+                    o.version.mod_revision,
+                    o.sub,
+                    String::from_utf8_lossy(o.key).into(),
+                )
+            })
+            .collect()
+    };
+    st.compact(5);
+    let want = vec![
+        (2, 1, "d".to_string()),
+        (2, 2, "c".to_string()),
+        (3, 1, "e".to_string()),
+        (5, 1, "f".to_string()),
+    ];
+    assert_eq!(subs(&st), want);
+    let mut replayed = State::new();
+    for r in st.records() {
+        replayed.apply_record(r).unwrap();
+    }
+    replayed.compact(5);
+    assert_eq!(subs(&replayed), want);
+    // Dropped versions leave no number behind.
+    txn(&mut st, vec![op_put("d", "2")]);
+    st.compact(6);
+    assert_eq!(st.subs.len(), 3);
+}

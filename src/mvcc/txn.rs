@@ -98,7 +98,7 @@ impl<'a> TxnEval<'a> {
             value: v.value.clone(),
             ..Default::default()
         });
-        let pushed = self.state.push_version(&r.key, v, new);
+        let pushed = self.state.push_version(&r.key, v, new, 0);
         debug_assert!(pushed, "a key is written once per revision");
         Ok(PutResponse {
             header: None,
@@ -133,6 +133,7 @@ impl<'a> TxnEval<'a> {
                     value: Bytes::new(),
                 },
                 false,
+                0,
             );
             debug_assert!(pushed, "a key is written once per revision");
             if r.prev_kv {
