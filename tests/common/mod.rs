@@ -302,6 +302,12 @@ impl Etcd {
     }
 
     pub async fn start_with(extra: &[&str]) -> Etcd {
+        Self::launch(extra, |_, _| {}).await
+    }
+
+    /// An etcd started on a data dir that `prepare` fills first (given the data dir's path
+    /// and the peer URL of the member named `diff`), e.g. by restoring a snapshot.
+    pub async fn launch(extra: &[&str], prepare: impl Fn(&std::path::Path, &str)) -> Etcd {
         // Ports are picked free, then bound by etcd: another test may take one in between
         // (or both picks may be the same port). etcd then exits at once; pick again.
         for _ in 0..5 {
@@ -314,6 +320,7 @@ impl Etcd {
                 }
             };
             let addr = format!("127.0.0.1:{client}");
+            prepare(&dir.path().join("data"), &format!("http://127.0.0.1:{peer}"));
             let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
             let child = std::process::Command::new(etcd_bin())
                 .args([
