@@ -51,6 +51,10 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Benchmark etcd v3 endpoints (Netsy, etcd) with the same client and workloads.
     Bench(Box<BenchArgs>),
+    /// etcd snapshots: bring an etcd's data into Netsy (`etcdctl snapshot save` against
+    /// Netsy takes it out).
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Show a .netsy file (path, file:// or s3:// URL) and verify its CRCs.
     Inspect {
         /// Path or URL of the file.
@@ -58,6 +62,27 @@ enum Command {
         /// Print JSON (protojson field names) instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        s3: S3Args,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Load an etcd snapshot (`etcdctl snapshot save`, etcd 3.4 to 3.7, or a data dir's
+    /// member/snap/db with --skip-hash-check) into an empty store: every retained revision,
+    /// the compacted revision and the leases. `netsy serve --store` on it then answers as
+    /// that etcd did.
+    Restore {
+        /// The snapshot file.
+        file: PathBuf,
+        /// The store to create: file:///dir, a directory path, or s3://bucket/prefix. It
+        /// must be empty.
+        #[arg(long)]
+        store: String,
+        /// Restore a file without etcd's SHA-256 trailer, or whose trailer does not match.
+        #[arg(long)]
+        skip_hash_check: bool,
         #[command(flatten)]
         s3: S3Args,
     },
@@ -557,6 +582,12 @@ async fn main() -> std::process::ExitCode {
             Err(e) => Err(e),
         },
         Command::Bench(args) => bench(*args).await,
+        Command::Snapshot(SnapshotCommand::Restore {
+            file,
+            store,
+            skip_hash_check,
+            s3,
+        }) => restore_snapshot(&file, &store, skip_hash_check, &s3).await,
         Command::Inspect { target, json, s3 } => {
             match netsy::inspect::fetch(&target, &s3.options()).await {
                 Ok(data) => {
@@ -573,4 +604,42 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `netsy snapshot restore`: read and check the whole file first, then write.
+async fn restore_snapshot(
+    file: &std::path::Path,
+    store: &str,
+    skip_hash_check: bool,
+    s3: &S3Args,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use netsy::etcd_backend::restore;
+    let started = std::time::Instant::now();
+    let data = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let db = restore::verified(&data, skip_hash_check)?;
+    eprintln!(
+        "netsy: reading {} ({} bytes)",
+        file.display(),
+        db.len()
+    );
+    let restored = restore::read(db, |n| eprintln!("netsy: {n} revisions of keys read"))?;
+    let state = restored.state;
+    eprintln!(
+        "netsy: etcd storage version {}, revision {}, compacted at {}, {} keys, {} leases",
+        restored.storage_version.as_deref().unwrap_or("(3.5 or older)"),
+        state.revision,
+        state.compact_revision,
+        state.keys_count(),
+        state.leases().count()
+    );
+    let store = netsy::store::open(store, &StoreOptions { s3: s3.options() }).await?;
+    let key = restore::write(store.as_ref(), state).await?;
+    println!(
+        "restored {} into {} ({key}) in {:.1} s",
+        file.display(),
+        store.describe(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }

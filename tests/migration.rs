@@ -229,3 +229,78 @@ async fn etcd_restores_a_netsy_snapshot() {
         assert_eq!(g, w, "etcd restored from Netsy's snapshot (left), Netsy (right)");
     }
 }
+
+fn netsy_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_netsy")
+}
+
+/// `netsy snapshot restore`: exit status and output.
+fn netsy_restore(file: &str, store: &str, extra: &[&str]) -> (bool, String) {
+    let out = Command::new(netsy_bin())
+        .args(["snapshot", "restore", file, "--store", store])
+        .args(extra)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netsy_restores_an_etcd_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start().await;
+    let mut e = Client::connect([etcd.addr.as_str()], None).await.unwrap();
+    let compact = write_history(&mut e).await;
+    let file = dir.path().join("etcd.db");
+    let file = file.to_str().unwrap();
+    let endpoint = format!("--endpoints=http://{}", etcd.addr);
+    run(
+        &etcdctl_bin(),
+        &[&endpoint, "snapshot", "save", file],
+        &etcdctl_env(),
+    );
+    let store = format!("file://{}", dir.path().join("netsy").display());
+    let (ok, out) = netsy_restore(file, &store, &[]);
+    assert!(ok, "{out}");
+    let want = observe(&mut e, compact).await;
+    let netsy = Netsy::start(&store, &[]).await;
+    let mut c = netsy.client().await.unwrap();
+    let got = observe(&mut c, compact).await;
+    assert_eq!(want.len(), got.len(), "different lengths");
+    for (w, g) in want.iter().zip(&got) {
+        assert_eq!(g, w, "Netsy restored from etcd's snapshot (left), etcd (right)");
+    }
+    drop(netsy);
+
+    // Refused, naming the problem, and nothing written: a store that is not empty, a
+    // truncated file, a corrupted one, a file that is not an etcd database.
+    let (ok, out) = netsy_restore(file, &store, &[]);
+    assert!(!ok && out.contains("is not empty"), "{out}");
+    let data = std::fs::read(file).unwrap();
+    let bad = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path.display().to_string()
+    };
+    let empty = dir.path().join("empty");
+    let empty_store = format!("file://{}", empty.display());
+    let truncated = bad("truncated.db", &data[..data.len() / 2]);
+    let (ok, out) = netsy_restore(&truncated, &empty_store, &[]);
+    assert!(!ok && out.contains("no SHA-256 trailer"), "{out}");
+    let (ok, out) = netsy_restore(&truncated, &empty_store, &["--skip-hash-check"]);
+    assert!(!ok && out.contains("truncated"), "{out}");
+    let mut flipped = data.clone();
+    flipped[3 * 4096 + 100] ^= 0xff;
+    let flipped = bad("flipped.db", &flipped);
+    let (ok, out) = netsy_restore(&flipped, &empty_store, &[]);
+    assert!(!ok && out.contains("SHA-256 mismatch"), "{out}");
+    let foreign = bad("foreign.db", &vec![b'x'; 8192 + 32]);
+    let (ok, out) = netsy_restore(&foreign, &empty_store, &["--skip-hash-check"]);
+    assert!(!ok && out.contains("not a bbolt database"), "{out}");
+    let listed = std::fs::read_dir(&empty).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(listed, 0, "a refused restore wrote into the store");
+}

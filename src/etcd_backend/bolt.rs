@@ -358,7 +358,7 @@ impl<'a> Db<'a> {
     /// The buckets of the root, in name order.
     pub fn bucket_names(&self) -> Result<Vec<Vec<u8>>, BoltError> {
         let mut names = Vec::new();
-        self.walk(Root::Page(self.root), 0, &mut |k, _, flags| {
+        self.walk(Root::Page(self.root), 0, &mut |k, _, flags| -> Result<(), BoltError> {
             if flags & BUCKET_FLAG != 0 {
                 names.push(k.to_vec());
             }
@@ -367,14 +367,15 @@ impl<'a> Db<'a> {
         Ok(names)
     }
 
-    /// Calls `f` with every key and value of bucket `name`, in key order.
-    pub fn for_each(
+    /// Calls `f` with every key and value of bucket `name`, in key order; stops at the
+    /// first error, `f`'s or the file's.
+    pub fn for_each<E: From<BoltError>>(
         &self,
         name: &[u8],
-        mut f: impl FnMut(&'a [u8], &'a [u8]) -> Result<(), BoltError>,
-    ) -> Result<(), BoltError> {
+        mut f: impl FnMut(&'a [u8], &'a [u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
         let mut found: Option<Root<'a>> = None;
-        self.walk(Root::Page(self.root), 0, &mut |k, v, flags| {
+        self.walk(Root::Page(self.root), 0, &mut |k, v, flags| -> Result<(), BoltError> {
             if flags & BUCKET_FLAG != 0 && k == name {
                 if v.len() < IN_BUCKET {
                     return Err(BoltError::Corrupt {
@@ -391,8 +392,8 @@ impl<'a> Db<'a> {
             }
             Ok(())
         })?;
-        let root =
-            found.ok_or_else(|| BoltError::NoBucket(String::from_utf8_lossy(name).into()))?;
+        let root = found
+            .ok_or_else(|| BoltError::NoBucket(String::from_utf8_lossy(name).into_owned()))?;
         self.walk(root, 0, &mut |k, v, flags| {
             if flags & BUCKET_FLAG != 0 {
                 return Ok(()); // nested buckets: etcd has none
@@ -401,32 +402,32 @@ impl<'a> Db<'a> {
         })
     }
 
-    fn walk(
+    fn walk<E: From<BoltError>>(
         &self,
         root: Root<'a>,
         depth: usize,
-        f: &mut dyn FnMut(&'a [u8], &'a [u8], u32) -> Result<(), BoltError>,
-    ) -> Result<(), BoltError> {
+        f: &mut dyn FnMut(&'a [u8], &'a [u8], u32) -> Result<(), E>,
+    ) -> Result<(), E> {
         let (id, page) = match root {
-            Root::Page(id) => (id, self.page(id)?),
+            Root::Page(id) => (id, self.page(id).map_err(E::from)?),
             Root::Inline(p) => (0, p),
         };
         let corrupt = |reason: String| BoltError::Corrupt { page: id, reason };
         if depth > 64 {
-            return Err(corrupt("tree deeper than 64 levels (a cycle?)".into()));
+            return Err(corrupt("tree deeper than 64 levels (a cycle?)".into()).into());
         }
         if page.len() < HEADER {
-            return Err(corrupt("shorter than a page header".into()));
+            return Err(corrupt("shorter than a page header".into()).into());
         }
         let flags = u16_at(page, 8);
         let count = u16_at(page, 10) as usize;
         if HEADER + count * ELEMENT > page.len() {
-            return Err(corrupt(format!("{count} elements do not fit")));
+            return Err(corrupt(format!("{count} elements do not fit")).into());
         }
-        let slice = |at: usize, pos: u32, len: usize| -> Result<&'a [u8], BoltError> {
+        let slice = |at: usize, pos: u32, len: usize| -> Result<&'a [u8], E> {
             let from = at + pos as usize;
             page.get(from..from + len)
-                .ok_or_else(|| corrupt(format!("element at {at} points past the page")))
+                .ok_or_else(|| corrupt(format!("element at {at} points past the page")).into())
         };
         match flags {
             LEAF => {
@@ -446,12 +447,12 @@ impl<'a> Db<'a> {
                     let child = u64_at(e, 8);
                     slice(at, u32_at(e, 0), u32_at(e, 4) as usize)?;
                     if child == id {
-                        return Err(corrupt("branch points at itself".into()));
+                        return Err(corrupt("branch points at itself".into()).into());
                     }
                     self.walk(Root::Page(child), depth + 1, f)?;
                 }
             }
-            other => return Err(corrupt(format!("not a tree page (flags {other:#x})"))),
+            other => return Err(corrupt(format!("not a tree page (flags {other:#x})")).into()),
         }
         Ok(())
     }
@@ -478,7 +479,7 @@ mod tests {
 
     fn read(db: &Db, name: &str) -> Entries {
         let mut got = Vec::new();
-        db.for_each(name.as_bytes(), |k, v| {
+        db.for_each(name.as_bytes(), |k, v| -> Result<(), BoltError> {
             got.push((k.to_vec(), v.to_vec()));
             Ok(())
         })
@@ -551,7 +552,9 @@ mod tests {
         bad[leaf + HEADER + 4..leaf + HEADER + 8]
             .copy_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
         let db = Db::open(&bad).unwrap();
-        let e = db.for_each(b"key", |_, _| Ok(())).unwrap_err();
+        let e = db
+            .for_each(b"key", |_, _| -> Result<(), BoltError> { Ok(()) })
+            .unwrap_err();
         assert!(e.to_string().contains("page 2"), "{e}");
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod bolt;
 pub mod hash;
+pub mod restore;
 pub mod schema;
 
 use crate::mvcc::State;
