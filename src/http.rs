@@ -6,6 +6,11 @@
 //! by hyper's auto-detecting builder (h2 prior knowledge for gRPC, HTTP/1.1 otherwise),
 //! with TLS in front when configured. The same endpoints are served from process start on
 //! `--listen-metrics-urls`, so readiness can be observed while the bucket is replayed.
+//!
+//! Client URLs take etcd's forms: `http://` and `https://` on TCP, `unix://` and `unixs://`
+//! on a Unix socket named as etcd names it (the URL's host and path: `unix://localhost:2379`
+//! is the file `localhost:2379` in the working directory, `unix:///run/etcd.sock` an
+//! absolute path).
 
 use crate::api::Context;
 use crate::authority::AuthorityFix;
@@ -17,8 +22,122 @@ use hyper_util::server::conn::auto;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
+
+/// A client URL to listen on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientUrl {
+    Tcp {
+        addr: std::net::SocketAddr,
+        tls: bool,
+    },
+    Unix {
+        path: std::path::PathBuf,
+        tls: bool,
+    },
+}
+
+impl ClientUrl {
+    pub fn tls(&self) -> bool {
+        match self {
+            Self::Tcp { tls, .. } | Self::Unix { tls, .. } => *tls,
+        }
+    }
+}
+
+impl std::str::FromStr for ClientUrl {
+    type Err = String;
+
+    fn from_str(url: &str) -> Result<Self, String> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| format!("{url}: not a URL (http://, https://, unix:// or unixs://)"))?;
+        match scheme {
+            "http" | "https" => {
+                let host_port = rest.trim_end_matches('/');
+                let addr = host_port
+                    .parse()
+                    .map_err(|e| format!("{url}: {e} (an IP address and port)"))?;
+                Ok(Self::Tcp {
+                    addr,
+                    tls: scheme == "https",
+                })
+            }
+            "unix" | "unixs" if !rest.is_empty() => Ok(Self::Unix {
+                path: rest.into(),
+                tls: scheme == "unixs",
+            }),
+            _ => Err(format!(
+                "{url}: unsupported (http://, https://, unix:// or unixs://)"
+            )),
+        }
+    }
+}
+
+/// A bound client listener.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, std::path::PathBuf),
+}
+
+type Stream = Either<TcpStream, UnixStream>;
+
+impl Listener {
+    /// Binds `url`. A Unix socket file left by a process that is gone is replaced (etcd
+    /// refuses to start on one; a VM replaced under the same path would never start).
+    pub async fn bind(url: &ClientUrl) -> std::io::Result<Self> {
+        match url {
+            ClientUrl::Tcp { addr, .. } => Ok(Self::Tcp(TcpListener::bind(addr).await?)),
+            ClientUrl::Unix { path, .. } => {
+                if UnixStream::connect(path).await.is_err() {
+                    let _ = std::fs::remove_file(path);
+                }
+                Ok(Self::Unix(UnixListener::bind(path)?, path.clone()))
+            }
+        }
+    }
+
+    /// The URL as bound (the port chosen for port 0).
+    pub fn url(&self, tls: bool) -> String {
+        match self {
+            Self::Tcp(l) => {
+                let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                format!("{}://{addr}", if tls { "https" } else { "http" })
+            }
+            Self::Unix(_, path) => {
+                format!(
+                    "{}://{}",
+                    if tls { "unixs" } else { "unix" },
+                    path.display()
+                )
+            }
+        }
+    }
+
+    async fn accept(&self) -> std::io::Result<(Stream, String)> {
+        match self {
+            Self::Tcp(l) => {
+                let (s, peer) = l.accept().await?;
+                let _ = s.set_nodelay(true);
+                Ok((Either::Left(s), peer.to_string()))
+            }
+            Self::Unix(l, path) => {
+                let (s, _) = l.accept().await?;
+                Ok((Either::Right(s), path.display().to_string()))
+            }
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Self::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
 
 /// Where the node is in its life, for `/readyz` and `/health`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,7 +265,7 @@ pub fn routes(health: Arc<Health>) -> axum::Router {
 /// Serves `app` on `listener` until `shutdown`, then lets open connections finish their
 /// requests for at most `drain`.
 pub async fn serve(
-    listener: TcpListener,
+    listener: Listener,
     tls: Option<Arc<Reloader>>,
     app: axum::Router,
     shutdown: CancellationToken,
@@ -173,7 +292,6 @@ pub async fn serve(
             },
             _ = shutdown.cancelled() => break,
         };
-        let _ = stream.set_nodelay(true);
         let (builder, service, watcher, tls) = (
             builder.clone(),
             service.clone(),
@@ -244,4 +362,41 @@ pub async fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
         .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text}")))?;
     let body = text.split_once("\r\n\r\n").map_or("", |x| x.1);
     Ok((code, body.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ClientUrl;
+
+    #[test]
+    fn client_urls_take_etcds_forms() {
+        let tcp = |s: &str, tls| ClientUrl::Tcp {
+            addr: s.parse().unwrap(),
+            tls,
+        };
+        let unix = |s: &str, tls| ClientUrl::Unix {
+            path: s.into(),
+            tls,
+        };
+        let cases = [
+            ("http://127.0.0.1:2379", tcp("127.0.0.1:2379", false)),
+            ("https://0.0.0.0:2379/", tcp("0.0.0.0:2379", true)),
+            ("http://[::1]:2379", tcp("[::1]:2379", false)),
+            ("unix://localhost:2379", unix("localhost:2379", false)),
+            ("unix:///run/netsy.sock", unix("/run/netsy.sock", false)),
+            ("unixs:///run/netsy.sock", unix("/run/netsy.sock", true)),
+        ];
+        for (text, want) in cases {
+            assert_eq!(text.parse::<ClientUrl>(), Ok(want), "{text}");
+        }
+        for bad in [
+            "127.0.0.1:2379",
+            "http://localhost:2379",
+            "ftp://x:1",
+            "unix://",
+        ] {
+            let e = bad.parse::<ClientUrl>().unwrap_err();
+            assert!(e.contains(bad), "{bad}: {e}");
+        }
+    }
 }

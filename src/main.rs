@@ -267,7 +267,16 @@ struct ServeArgs {
         default_value = "127.0.0.1:2379"
     )]
     listen_client_addr: SocketAddr,
-    /// Client URLs reported by member list (default http://LISTEN_ADDR).
+    /// etcd's client URLs, instead of --listen-client-addr: http://IP:PORT, https://IP:PORT,
+    /// unix://PATH, unixs://PATH (TLS ones need --cert-file and --key-file).
+    #[arg(
+        long,
+        env = "NETSY_LISTEN_CLIENT_URLS",
+        value_delimiter = ',',
+        conflicts_with = "listen_client_addr"
+    )]
+    listen_client_urls: Vec<netsy::http::ClientUrl>,
+    /// Client URLs reported by member list (default: the first client URL).
     #[arg(long, env = "NETSY_ADVERTISE_CLIENT_URLS", value_delimiter = ',')]
     advertise_client_urls: Vec<String>,
     /// This node's name (written into every chunk as the leader id).
@@ -430,6 +439,7 @@ impl ServeArgs {
             store,
             store_options: StoreOptions { s3 },
             listen_client_addr: self.listen_client_addr,
+            listen_client_urls: self.listen_client_urls,
             advertise_client_urls: self.advertise_client_urls,
             name: self.name.clone(),
             leader: LeaderTiming::of(lease),
@@ -618,16 +628,15 @@ async fn restore_snapshot(
     let started = std::time::Instant::now();
     let data = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let db = restore::verified(&data, skip_hash_check)?;
-    eprintln!(
-        "netsy: reading {} ({} bytes)",
-        file.display(),
-        db.len()
-    );
+    eprintln!("netsy: reading {} ({} bytes)", file.display(), db.len());
     let restored = restore::read(db, |n| eprintln!("netsy: {n} revisions of keys read"))?;
     let state = restored.state;
     eprintln!(
         "netsy: etcd storage version {}, revision {}, compacted at {}, {} keys, {} leases",
-        restored.storage_version.as_deref().unwrap_or("(3.5 or older)"),
+        restored
+            .storage_version
+            .as_deref()
+            .unwrap_or("(3.5 or older)"),
         state.revision,
         state.compact_revision,
         state.keys_count(),

@@ -33,7 +33,9 @@ pub struct Config {
     pub store: String,
     pub store_options: StoreOptions,
     pub listen_client_addr: SocketAddr,
-    /// Reported by Cluster.MemberList; defaults to `http://{listen_client_addr}`.
+    /// etcd's `--listen-client-urls`: when set, served instead of `listen_client_addr`.
+    pub listen_client_urls: Vec<http::ClientUrl>,
+    /// Reported by Cluster.MemberList; defaults to the first client URL.
     pub advertise_client_urls: Vec<String>,
     pub name: String,
     pub leader: LeaderTiming,
@@ -57,6 +59,7 @@ impl Default for Config {
             store: "data".into(),
             store_options: StoreOptions::default(),
             listen_client_addr: ([127, 0, 0, 1], 2379).into(),
+            listen_client_urls: vec![],
             advertise_client_urls: vec![],
             name: "netsy".into(),
             leader: LeaderTiming::default(),
@@ -94,7 +97,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
                 .with_context(|| format!("binding --listen-metrics-addr {addr}"))?;
             tracing::info!(phase = "metrics", addr = %listener.local_addr()?, "serving /metrics, /health, /readyz");
             Some(tokio::spawn(http::serve(
-                listener,
+                http::Listener::Tcp(listener),
                 None,
                 http::routes(health.clone()),
                 shutdown.clone(),
@@ -106,26 +109,48 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let store = store::open(&config.store, &config.store_options)
         .await
         .with_context(|| format!("opening store {}", config.store))?;
-    let listener = tokio::net::TcpListener::bind(config.listen_client_addr)
-        .await
-        .with_context(|| format!("binding --listen-client-addr {}", config.listen_client_addr))?;
-    let local = listener.local_addr()?;
+    let urls = if config.listen_client_urls.is_empty() {
+        vec![http::ClientUrl::Tcp {
+            addr: config.listen_client_addr,
+            tls: tls.is_some(),
+        }]
+    } else {
+        config.listen_client_urls.clone()
+    };
+    let mut listeners = Vec::new();
+    for url in &urls {
+        if url.tls() && tls.is_none() {
+            anyhow::bail!("client URL {url:?} is TLS: it needs --cert-file and --key-file");
+        }
+        if !url.tls() && tls.is_some() {
+            tracing::warn!(?url, "plain client URL while TLS files are given: served without TLS there, as etcd does");
+        }
+        let listener = http::Listener::bind(url)
+            .await
+            .with_context(|| format!("binding client URL {url:?}"))?;
+        listeners.push((listener, url.tls()));
+    }
+    let bound: Vec<String> = listeners.iter().map(|(l, tls)| l.url(*tls)).collect();
+    // The first URL names the member, as --listen-client-addr did (host:port for TCP).
+    let first = bound[0]
+        .split_once("://")
+        .map_or(bound[0].as_str(), |(_, a)| a)
+        .to_string();
     tracing::info!(
         phase = "store",
         store = %store.describe(),
-        addr = %local,
+        urls = ?bound,
         tls = tls.is_some(),
         client_cert_auth = tls.as_ref().is_some_and(|t| t.client_cert_required()),
         elapsed_ms = started.elapsed().as_millis() as u64,
-        "store opened, client port bound"
+        "store opened, client URLs bound"
     );
 
-    let scheme = if tls.is_some() { "https" } else { "http" };
     let me = Member {
-        id: id_of(&format!("{}@{}", config.name, local)),
+        id: id_of(&format!("{}@{}", config.name, first)),
         name: config.name.clone(),
         client_urls: if config.advertise_client_urls.is_empty() {
-            vec![format!("{scheme}://{local}")]
+            vec![bound[0].clone()]
         } else {
             config.advertise_client_urls.clone()
         },
@@ -325,18 +350,25 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .merge(http::routes(health.clone()));
     health.set_context(ctx);
     health.set_phase(Phase::Serving);
-    let server = tokio::spawn(http::serve(
-        listener,
-        tls,
-        app,
-        serving_stop.clone(),
-        config.shutdown_timeout,
-    ));
+    let servers: Vec<_> = listeners
+        .into_iter()
+        .map(|(listener, with_tls)| {
+            tokio::spawn(http::serve(
+                listener,
+                if with_tls { tls.clone() } else { None },
+                app.clone(),
+                serving_stop.clone(),
+                config.shutdown_timeout,
+            ))
+        })
+        .collect();
+    let server = futures::future::join_all(servers);
     tracing::info!(
         phase = "serving",
-        addr = %local,
+        addr = %first,
+        urls = ?bound,
         startup_ms = started.elapsed().as_millis() as u64,
-        try_it = %format!("ETCDCTL_API=3 etcdctl --endpoints={scheme}://{local} put foo bar"),
+        try_it = %format!("ETCDCTL_API=3 etcdctl --endpoints={} put foo bar", bound[0]),
         "serving etcd v3 API"
     );
     shutdown.cancelled().await;
@@ -365,8 +397,11 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     serving_stop.cancel();
     // http::serve bounds the drain itself; the margin covers a task that failed to start.
     match tokio::time::timeout(config.shutdown_timeout + Duration::from_secs(1), server).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "client server task failed"),
+        Ok(done) => {
+            for e in done.into_iter().filter_map(Result::err) {
+                tracing::warn!(error = %e, "client server task failed");
+            }
+        }
         Err(_) => tracing::warn!("in-flight requests did not finish in time"),
     }
     if let Some(m) = metrics_server {

@@ -75,10 +75,20 @@ async fn write_history(c: &mut Client) -> i64 {
             .unwrap();
     }
     c.lease_revoke(gone).await.unwrap();
-    c.delete("/registry/pods/ns/p0", Some(etcd_client::DeleteOptions::new().with_prefix()))
+    c.delete(
+        "/registry/pods/ns/p0",
+        Some(etcd_client::DeleteOptions::new().with_prefix()),
+    )
+    .await
+    .unwrap();
+    let compact = c
+        .get("big", None)
         .await
-        .unwrap();
-    let compact = c.get("big", None).await.unwrap().header().unwrap().revision() - 5;
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision()
+        - 5;
     c.compact(compact, Some(CompactionOptions::new().with_physical()))
         .await
         .unwrap();
@@ -94,11 +104,20 @@ async fn write_history(c: &mut Client) -> i64 {
 /// Everything a client can read of a store, for comparison.
 async fn observe(c: &mut Client, compact: i64) -> Vec<String> {
     let mut seen = Vec::new();
-    let head = c.get("none", None).await.unwrap().header().unwrap().revision();
+    let head = c
+        .get("none", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
     seen.push(format!("head {head}"));
     for rev in compact..=head {
         let r = c
-            .get("\0", Some(GetOptions::new().with_from_key().with_revision(rev)))
+            .get(
+                "\0",
+                Some(GetOptions::new().with_from_key().with_revision(rev)),
+            )
             .await
             .unwrap();
         let kvs: Vec<String> = r
@@ -140,7 +159,11 @@ async fn observe(c: &mut Client, compact: i64) -> Vec<String> {
     // taken while compacting there, one restored from a snapshot cannot).
     for rev in (compact + 1..=head).chain([0]) {
         let h = c.hash_kv(rev).await.unwrap();
-        seen.push(format!("hashkv {rev}: {} compacted {}", h.hash(), h.compact_version()));
+        seen.push(format!(
+            "hashkv {rev}: {} compacted {}",
+            h.hash(),
+            h.compact_version()
+        ));
     }
     let mut stream = c
         .watch(
@@ -156,11 +179,17 @@ async fn observe(c: &mut Client, compact: i64) -> Vec<String> {
         .unwrap();
     let mut events = 0;
     while let Ok(Some(msg)) =
-        tokio::time::timeout(std::time::Duration::from_secs(2), stream.message()).await.unwrap()
+        tokio::time::timeout(std::time::Duration::from_secs(2), stream.message())
+            .await
+            .unwrap()
     {
         for e in msg.events() {
             let kv = e.kv().unwrap();
-            let kind = if e.event_type() == EventType::Put { "put" } else { "delete" };
+            let kind = if e.event_type() == EventType::Put {
+                "put"
+            } else {
+                "delete"
+            };
             seen.push(format!(
                 "event {kind} {:?} m{} prev {:?}",
                 kv.key_str().unwrap(),
@@ -169,7 +198,11 @@ async fn observe(c: &mut Client, compact: i64) -> Vec<String> {
             ));
             events += 1;
         }
-        if msg.events().last().is_some_and(|e| e.kv().unwrap().mod_revision() == head) {
+        if msg
+            .events()
+            .last()
+            .is_some_and(|e| e.kv().unwrap().mod_revision() == head)
+        {
             break;
         }
     }
@@ -180,7 +213,11 @@ async fn observe(c: &mut Client, compact: i64) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_restores_a_netsy_snapshot() {
     let dir = tempfile::tempdir().unwrap();
-    let netsy = Netsy::start(&format!("file://{}", dir.path().join("data").display()), &[]).await;
+    let netsy = Netsy::start(
+        &format!("file://{}", dir.path().join("data").display()),
+        &[],
+    )
+    .await;
     let mut c = netsy.client().await.unwrap();
     let compact = write_history(&mut c).await;
     let file = dir.path().join("netsy.db");
@@ -196,7 +233,13 @@ async fn etcd_restores_a_netsy_snapshot() {
 
     let (tool, env) = snapshot_tool();
     let status = run(&tool, &["snapshot", "status", file, "-w", "json"], &env);
-    let head = c.get("none", None).await.unwrap().header().unwrap().revision();
+    let head = c
+        .get("none", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
     let status: serde_json::Value = serde_json::from_str(status.lines().last().unwrap()).unwrap();
     assert_eq!(status["revision"], head, "snapshot status: {status}");
 
@@ -226,7 +269,10 @@ async fn etcd_restores_a_netsy_snapshot() {
     let got = observe(&mut e, compact).await;
     assert_eq!(want.len(), got.len(), "different lengths");
     for (w, g) in want.iter().zip(&got) {
-        assert_eq!(g, w, "etcd restored from Netsy's snapshot (left), Netsy (right)");
+        assert_eq!(
+            g, w,
+            "etcd restored from Netsy's snapshot (left), Netsy (right)"
+        );
     }
 }
 
@@ -272,7 +318,10 @@ async fn netsy_restores_an_etcd_snapshot() {
     let got = observe(&mut c, compact).await;
     assert_eq!(want.len(), got.len(), "different lengths");
     for (w, g) in want.iter().zip(&got) {
-        assert_eq!(g, w, "Netsy restored from etcd's snapshot (left), etcd (right)");
+        assert_eq!(
+            g, w,
+            "Netsy restored from etcd's snapshot (left), etcd (right)"
+        );
     }
     drop(netsy);
 

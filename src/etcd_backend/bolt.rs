@@ -358,12 +358,16 @@ impl<'a> Db<'a> {
     /// The buckets of the root, in name order.
     pub fn bucket_names(&self) -> Result<Vec<Vec<u8>>, BoltError> {
         let mut names = Vec::new();
-        self.walk(Root::Page(self.root), 0, &mut |k, _, flags| -> Result<(), BoltError> {
-            if flags & BUCKET_FLAG != 0 {
-                names.push(k.to_vec());
-            }
-            Ok(())
-        })?;
+        self.walk(
+            Root::Page(self.root),
+            0,
+            &mut |k, _, flags| -> Result<(), BoltError> {
+                if flags & BUCKET_FLAG != 0 {
+                    names.push(k.to_vec());
+                }
+                Ok(())
+            },
+        )?;
         Ok(names)
     }
 
@@ -375,25 +379,29 @@ impl<'a> Db<'a> {
         mut f: impl FnMut(&'a [u8], &'a [u8]) -> Result<(), E>,
     ) -> Result<(), E> {
         let mut found: Option<Root<'a>> = None;
-        self.walk(Root::Page(self.root), 0, &mut |k, v, flags| -> Result<(), BoltError> {
-            if flags & BUCKET_FLAG != 0 && k == name {
-                if v.len() < IN_BUCKET {
-                    return Err(BoltError::Corrupt {
-                        page: self.root,
-                        reason: "bucket header too short".into(),
+        self.walk(
+            Root::Page(self.root),
+            0,
+            &mut |k, v, flags| -> Result<(), BoltError> {
+                if flags & BUCKET_FLAG != 0 && k == name {
+                    if v.len() < IN_BUCKET {
+                        return Err(BoltError::Corrupt {
+                            page: self.root,
+                            reason: "bucket header too short".into(),
+                        });
+                    }
+                    let root = u64_at(v, 0);
+                    found = Some(if root == 0 {
+                        Root::Inline(&v[IN_BUCKET..])
+                    } else {
+                        Root::Page(root)
                     });
                 }
-                let root = u64_at(v, 0);
-                found = Some(if root == 0 {
-                    Root::Inline(&v[IN_BUCKET..])
-                } else {
-                    Root::Page(root)
-                });
-            }
-            Ok(())
-        })?;
-        let root = found
-            .ok_or_else(|| BoltError::NoBucket(String::from_utf8_lossy(name).into_owned()))?;
+                Ok(())
+            },
+        )?;
+        let root =
+            found.ok_or_else(|| BoltError::NoBucket(String::from_utf8_lossy(name).into_owned()))?;
         self.walk(root, 0, &mut |k, v, flags| {
             if flags & BUCKET_FLAG != 0 {
                 return Ok(()); // nested buckets: etcd has none

@@ -61,7 +61,7 @@ mod tests {
         let mut keys = 0;
         for name in db.bucket_names().unwrap() {
             h = crc32c::crc32c_append(h, &name);
-            db.for_each(&name, |k, v| {
+            db.for_each(&name, |k, v| -> Result<(), bolt::BoltError> {
                 if name == schema::KEY {
                     keys += 1;
                     let (main, _, tomb) = schema::parse_revision_key(k).unwrap();
@@ -86,7 +86,7 @@ mod tests {
         assert_eq!(keys, st.versions_count());
         assert_eq!(h, hash::hash(&st, &[3]));
         let mut leases = vec![];
-        db.for_each(schema::LEASE, |k, v| {
+        db.for_each(schema::LEASE, |k, v| -> Result<(), bolt::BoltError> {
             leases.push((k.to_vec(), v.to_vec()));
             Ok(())
         })

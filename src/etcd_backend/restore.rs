@@ -129,7 +129,7 @@ pub fn read(db: &[u8], mut progress: impl FnMut(u64)) -> Result<Restored, Restor
         let kv = schema::decode_key_value(v).map_err(|e| bad(format!("value: {e}")))?;
         head = head.max(main);
         entries += 1;
-        if entries % 100_000 == 0 {
+        if entries.is_multiple_of(100_000) {
             progress(entries);
         }
         if kv.key.is_empty() {
@@ -176,10 +176,8 @@ pub fn read(db: &[u8], mut progress: impl FnMut(u64)) -> Result<Restored, Restor
     })?;
     if names.iter().any(|n| n == schema::LEASE) {
         db.for_each(schema::LEASE, |k, v| -> Result<(), RestoreError> {
-            let l = LeaseRecord::decode(v).map_err(|e| RestoreError::NotEtcd(format!(
-                "lease {}: {e}",
-                hex(k)
-            )))?;
+            let l = LeaseRecord::decode(v)
+                .map_err(|e| RestoreError::NotEtcd(format!("lease {}: {e}", hex(k))))?;
             state.put_lease(Lease {
                 id: l.id,
                 ttl: l.ttl,

@@ -91,8 +91,15 @@ impl Netsy {
         let log_path =
             std::env::temp_dir().join(format!("netsy-test-{port}-{:x}.log", rand::random::<u32>()));
         let log = std::fs::File::create(&log_path).unwrap();
+        // A test naming its own client URLs (etcd's flag) includes this port in them.
+        let listen: &[&str] = if extra.contains(&"--listen-client-urls") {
+            &[]
+        } else {
+            &["--listen-client-addr", &addr]
+        };
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_netsy"))
-            .args(["serve", "--store", store, "--listen-client-addr", &addr])
+            .args(["serve", "--store", store])
+            .args(listen)
             .args(extra)
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
@@ -308,6 +315,24 @@ impl Etcd {
     /// An etcd started on a data dir that `prepare` fills first (given the data dir's path
     /// and the peer URL of the member named `diff`), e.g. by restoring a snapshot.
     pub async fn launch(extra: &[&str], prepare: impl Fn(&std::path::Path, &str)) -> Etcd {
+        Self::launch_at(extra, None, prepare).await
+    }
+
+    /// An etcd that also listens on a Unix socket, named as etcd 3.4 requires
+    /// (`unix://localhost:N`, a file in its working directory, its temporary directory);
+    /// returns it and the socket's absolute path, which clients dial as `unix://PATH`.
+    pub async fn start_with_socket() -> (Etcd, String) {
+        let name = format!("localhost:{}", free_port());
+        let etcd = Self::launch_at(&[], Some(&name), |_, _| {}).await;
+        let path = etcd._dir.path().join(&name).display().to_string();
+        (etcd, path)
+    }
+
+    async fn launch_at(
+        extra: &[&str],
+        unix: Option<&str>,
+        prepare: impl Fn(&std::path::Path, &str),
+    ) -> Etcd {
         // Ports are picked free, then bound by etcd: another test may take one in between
         // (or both picks may be the same port). etcd then exits at once; pick again.
         for _ in 0..5 {
@@ -320,7 +345,10 @@ impl Etcd {
                 }
             };
             let addr = format!("127.0.0.1:{client}");
-            prepare(&dir.path().join("data"), &format!("http://127.0.0.1:{peer}"));
+            prepare(
+                &dir.path().join("data"),
+                &format!("http://127.0.0.1:{peer}"),
+            );
             let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
             let child = std::process::Command::new(etcd_bin())
                 .args([
@@ -329,7 +357,10 @@ impl Etcd {
                     "--data-dir",
                     dir.path().join("data").to_str().unwrap(),
                     "--listen-client-urls",
-                    &format!("http://{addr}"),
+                    &match unix {
+                        Some(path) => format!("http://{addr},unix://{path}"),
+                        None => format!("http://{addr}"),
+                    },
                     "--advertise-client-urls",
                     &format!("http://{addr}"),
                     "--listen-peer-urls",
@@ -340,6 +371,7 @@ impl Etcd {
                     &format!("diff=http://127.0.0.1:{peer}"),
                 ])
                 .args(extra)
+                .current_dir(dir.path())
                 .stdout(std::process::Stdio::null())
                 .stderr(log)
                 .spawn()
