@@ -172,7 +172,7 @@ pub mod errors {
     pub fn unimplemented(what: &str) -> Status {
         Status::new(
             Code::Unimplemented,
-            format!("netsy: {what} is not supported (see README: differences from etcd)"),
+            format!("netsy: {what} is not supported (see docs/differences.md)"),
         )
     }
 }

@@ -38,7 +38,7 @@ pub enum RecoveryError {
         first: String,
         second: String,
     },
-    #[error("{key} belongs to cluster {found:016x}, but this bucket's log is cluster {expected:016x} ({established_by}); an object copied from another cluster's bucket? remove it (see README: Reliability)")]
+    #[error("{key} belongs to cluster {found:016x}, but this bucket's log is cluster {expected:016x} ({established_by}); an object copied from another cluster's bucket? remove it (see docs/reliability.md)")]
     ForeignCluster {
         key: String,
         found: u64,

@@ -171,7 +171,7 @@ func TestRangeStreamMatchesEtcd(t *testing.T) {
 	}
 	// A sort target other than the key with no order: etcd 3.7 sorts each chunk by the
 	// target and goes on after the chunk's last key, sending keys twice with a wrong count;
-	// Netsy refuses it as the custom order it is (README: differences from etcd).
+	// Netsy refuses it as the custom order it is (docs/differences.md).
 	t.Run("sort target without order", func(t *testing.T) {
 		r := &pb.RangeRequest{Key: pods, RangeEnd: end, SortTarget: pb.RangeRequest_MOD}
 		_, err := stream(ctx, sides[1], r)
