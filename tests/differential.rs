@@ -73,6 +73,8 @@ norm_header!(
     netsy::proto::etcdserverpb::CompactionResponse,
     netsy::proto::etcdserverpb::LeaseGrantResponse,
     netsy::proto::etcdserverpb::LeaseRevokeResponse,
+    netsy::proto::etcdserverpb::DefragmentResponse,
+    netsy::proto::etcdserverpb::MoveLeaderResponse,
     WatchResponse
 );
 
@@ -1470,4 +1472,37 @@ async fn hashkv_matches(backend: Backend) {
     .await
     .unwrap();
     every_revision(&mut d, "no live key", &compactions).await;
+}
+
+/// Defragment and MoveLeader answer as etcd's do: no header; leadership moved to the
+/// leader itself at once, to a stranger refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_matches_etcd() {
+    use netsy::proto::etcdserverpb::{DefragmentRequest, MoveLeaderRequest, StatusRequest};
+    let mut d = Diff::start(Backend::File).await;
+    d.both("defragment", |mut s| async move {
+        s.maintenance.defragment(DefragmentRequest {}).await
+    })
+    .await
+    .unwrap();
+    d.both("move leader to itself", |mut s| async move {
+        let me = s
+            .maintenance
+            .status(StatusRequest {})
+            .await?
+            .into_inner()
+            .leader;
+        s.maintenance
+            .move_leader(MoveLeaderRequest { target_id: me })
+            .await
+    })
+    .await
+    .unwrap();
+    d.both("move leader to a stranger", |mut s| async move {
+        s.maintenance
+            .move_leader(MoveLeaderRequest { target_id: 12345 })
+            .await
+    })
+    .await
+    .unwrap_err();
 }

@@ -108,11 +108,9 @@ impl Maintenance for MaintenanceService {
         &self,
         _r: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        // Nothing to defragment: memory is freed by compaction.
-        let state = self.ctx.log.state();
-        Ok(Response::new(DefragmentResponse {
-            header: self.ctx.header(state.revision),
-        }))
+        // Nothing to defragment: memory is freed by compaction. etcd answers without a
+        // header.
+        Ok(Response::new(DefragmentResponse { header: None }))
     }
 
     async fn hash(&self, _r: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
@@ -177,11 +175,29 @@ impl Maintenance for MaintenanceService {
         )))
     }
 
+    /// As etcd: only the leader moves leadership, only to a member; moving it to itself
+    /// is done at once (answered without a header, as etcd). Moving it to another node is
+    /// not supported yet.
     async fn move_leader(
         &self,
-        _r: Request<MoveLeaderRequest>,
+        r: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(errors::unimplemented("Maintenance.MoveLeader"))
+        let target = r.into_inner().target_id;
+        let node = &self.ctx.node;
+        if !node.is_leading() {
+            return Err(Status::failed_precondition("etcdserver: not leader"));
+        }
+        if !node.members().iter().any(|m| m.id == target) {
+            return Err(Status::failed_precondition(
+                "etcdserver: bad leader transferee",
+            ));
+        }
+        if target == self.ctx.ids.member_id {
+            return Ok(Response::new(MoveLeaderResponse { header: None }));
+        }
+        Err(errors::unimplemented(
+            "Maintenance.MoveLeader to another node",
+        ))
     }
 
     async fn downgrade(
