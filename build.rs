@@ -10,6 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/peer.proto",
         "proto/etcd/kv.proto",
         "proto/etcd/rpc.proto",
+        "proto/etcd/v3lock.proto",
+        "proto/etcd/v3election.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

@@ -22,5 +22,15 @@ pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
 }
 
+/// etcd's lock service (`v3lockpb`).
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
+}
+
+/// etcd's election service (`v3electionpb`).
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
+}
+
 /// Encoded descriptors of every proto above, served by gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));

@@ -461,6 +461,14 @@ async fn grpc_routes(
     .add_service(etcdserverpb::auth_server::AuthServer::new(
         api::auth::AuthService,
     ))
+    .add_service(crate::proto::v3lockpb::lock_server::LockServer::new(
+        api::lock::LockService::new(ctx.clone()),
+    ))
+    .add_service(
+        crate::proto::v3electionpb::election_server::ElectionServer::new(
+            api::election::ElectionService::new(ctx.clone()),
+        ),
+    )
     .add_service(
         crate::proto::peer::peer_server::PeerServer::new(crate::cluster::peer::PeerService::new(
             ctx.node.clone(),

@@ -318,6 +318,7 @@ async fn every_endpoint_form_works() {
         &["alarm", "list"],
         &["defrag"],
         &["snapshot", "save", snap],
+        &["lock", "mylock", "echo", "held"],
     ];
     let forms = [
         (etcd.addr.clone(), netsy.addr.clone()),

@@ -7,8 +7,11 @@
 
 pub mod auth;
 pub mod cluster;
+pub mod concurrency;
+pub mod election;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
 pub mod range_stream;
 pub mod validate;

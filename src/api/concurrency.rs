@@ -1,0 +1,240 @@
+//! What etcd's Lock and Election services are built from: keys named `prefix/<lease in
+//! hex>`, ordered by create revision, held by a lease. etcd's servers run its client-side
+//! recipes (the `concurrency` package) against themselves; here the same recipes write
+//! through this node's own KV service (so a follower forwards them as any write) and wait on
+//! this node's state, which is safe on a follower too: a candidate's own key is applied
+//! locally before it waits (read-your-writes), so every key created before it is there, and
+//! a deletion seen locally happened.
+
+use super::kv::KvService;
+use super::Context;
+use crate::mvcc::{KeyRange, State};
+use crate::proto::etcdserverpb::kv_server::Kv;
+use crate::proto::etcdserverpb::{
+    compare, request_op, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    TxnResponse,
+};
+use crate::proto::mvccpb::KeyValue;
+use bytes::Bytes;
+use std::sync::Arc;
+use tonic::{Request, Status};
+
+pub struct Recipes {
+    pub ctx: Context,
+    kv: KvService,
+}
+
+/// The end of the range of keys starting with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Bytes {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end.into();
+        }
+    }
+    Bytes::from_static(&[0])
+}
+
+/// `name/`, the prefix of an election's or a lock's keys.
+pub fn prefix_of(name: &[u8]) -> Bytes {
+    let mut p = name.to_vec();
+    p.push(b'/');
+    p.into()
+}
+
+/// A candidate's key: the prefix and its lease id in hex, as etcd names it.
+pub fn key_of(prefix: &[u8], lease: i64) -> Bytes {
+    let mut k = prefix.to_vec();
+    k.extend_from_slice(format!("{lease:x}").as_bytes());
+    k.into()
+}
+
+fn op(request: request_op::Request) -> RequestOp {
+    RequestOp {
+        request: Some(request),
+    }
+}
+
+pub fn put_op(key: &Bytes, value: &Bytes, lease: i64) -> RequestOp {
+    op(request_op::Request::RequestPut(PutRequest {
+        key: key.clone(),
+        value: value.clone(),
+        lease,
+        ..Default::default()
+    }))
+}
+
+pub fn get_op(key: &Bytes) -> RequestOp {
+    op(request_op::Request::RequestRange(RangeRequest {
+        key: key.clone(),
+        ..Default::default()
+    }))
+}
+
+pub fn delete_op(key: &Bytes) -> RequestOp {
+    op(request_op::Request::RequestDeleteRange(
+        DeleteRangeRequest {
+            key: key.clone(),
+            ..Default::default()
+        },
+    ))
+}
+
+/// A comparison of `key`'s create revision with `rev`.
+pub fn created_at(key: &Bytes, rev: i64) -> crate::proto::etcdserverpb::Compare {
+    crate::proto::etcdserverpb::Compare {
+        result: compare::CompareResult::Equal as i32,
+        target: compare::CompareTarget::Create as i32,
+        key: key.clone(),
+        range_end: Bytes::new(),
+        target_union: Some(compare::TargetUnion::CreateRevision(rev)),
+    }
+}
+
+/// The first (range) response of a transaction's branch.
+pub fn first_range(resp: &TxnResponse) -> Vec<KeyValue> {
+    match resp.responses.first().and_then(|r| r.response.as_ref()) {
+        Some(crate::proto::etcdserverpb::response_op::Response::ResponseRange(r)) => r.kvs.clone(),
+        _ => vec![],
+    }
+}
+
+/// The live key under `prefix` created first (the owner, the leader), at the head.
+pub fn first_created(state: &State, prefix: &[u8]) -> Option<KeyValue> {
+    let range = KeyRange::new(Bytes::copy_from_slice(prefix), prefix_end(prefix));
+    state
+        .live_in(&range, state.revision)
+        .min_by_key(|(_, v)| v.create_revision)
+        .map(|(k, v)| v.to_kv(k, false))
+}
+
+impl Recipes {
+    pub fn new(ctx: Context) -> Arc<Self> {
+        Arc::new(Self {
+            kv: KvService::new(ctx.clone()),
+            ctx,
+        })
+    }
+
+    /// The lease a lock or campaign is held by: the request's, or, for 0, a new one of 60 s
+    /// (etcd's session default), which nobody keeps alive.
+    pub async fn session_lease(&self, lease: i64) -> Result<i64, Status> {
+        use crate::proto::etcdserverpb::lease_server::Lease;
+        if lease != 0 {
+            return Ok(lease);
+        }
+        let leases = super::lease::LeaseService::new(
+            self.ctx.clone(),
+            tokio_util::sync::CancellationToken::new(),
+        );
+        let granted = leases
+            .lease_grant(Request::new(
+                crate::proto::etcdserverpb::LeaseGrantRequest { ttl: 60, id: 0 },
+            ))
+            .await?;
+        Ok(granted.into_inner().id)
+    }
+
+    pub async fn txn(&self, t: TxnRequest) -> Result<TxnResponse, Status> {
+        Ok(self.kv.txn(Request::new(t)).await?.into_inner())
+    }
+
+    /// A linearizable read of the first-created key under `prefix`, and the header.
+    pub async fn first_created_linearizable(
+        &self,
+        prefix: &Bytes,
+    ) -> Result<
+        (
+            Option<KeyValue>,
+            Option<crate::proto::etcdserverpb::ResponseHeader>,
+        ),
+        Status,
+    > {
+        use crate::proto::etcdserverpb::range_request::{SortOrder, SortTarget};
+        let resp = self
+            .kv
+            .range(Request::new(RangeRequest {
+                key: prefix.clone(),
+                range_end: prefix_end(prefix),
+                limit: 1,
+                sort_order: SortOrder::Ascend as i32,
+                sort_target: SortTarget::Create as i32,
+                ..Default::default()
+            }))
+            .await?
+            .into_inner();
+        Ok((resp.kvs.into_iter().next(), resp.header))
+    }
+
+    /// Waits until no live key under `prefix` has a create revision at or below
+    /// `max_create` (etcd's `waitDeletes`).
+    pub async fn wait_deletes(&self, prefix: &[u8], max_create: i64) {
+        let range = KeyRange::new(Bytes::copy_from_slice(prefix), prefix_end(prefix));
+        let mut head = self.ctx.log.subscribe();
+        loop {
+            let state = self.ctx.log.state();
+            let waiting = state
+                .live_in(&range, state.revision)
+                .any(|(_, v)| v.create_revision <= max_create);
+            if !waiting {
+                return;
+            }
+            if head.changed().await.is_err() {
+                // The log is gone (shutting down): the request is cut short anyway.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Whether `key` is live in this node's state.
+    pub fn is_live(&self, key: &[u8]) -> bool {
+        let state = self.ctx.log.state();
+        state
+            .history(key)
+            .and_then(|h| h.live_at(state.revision))
+            .is_some()
+    }
+
+    /// Deletes `key` (a waiter's key when its request is cut short), in the background.
+    pub fn delete_later(self: &Arc<Self>, key: Bytes) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let t = TxnRequest {
+                success: vec![delete_op(&key)],
+                ..Default::default()
+            };
+            if let Err(e) = this.txn(t).await {
+                tracing::warn!(key = ?key, error = %e, "could not delete an abandoned waiter's key");
+            }
+        });
+    }
+}
+
+/// Deletes a waiter's key if its request ends before it is done (the client went away or
+/// its deadline passed), as etcd's recipes clean up.
+pub struct Abandon {
+    pub recipes: Arc<Recipes>,
+    pub key: Option<Bytes>,
+}
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.recipes.delete_later(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_prefixes_as_etcd_names_them() {
+        assert_eq!(prefix_of(b"lock"), Bytes::from_static(b"lock/"));
+        assert_eq!(key_of(b"lock/", 0x694d), Bytes::from_static(b"lock/694d"));
+        assert_eq!(prefix_end(b"a/"), Bytes::from_static(b"a0"));
+        assert_eq!(prefix_end(b"a\xff"), Bytes::from_static(b"b"));
+    }
+}

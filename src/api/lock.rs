@@ -1,0 +1,79 @@
+//! etcd's Lock service: a mutex named by a key prefix. The holder is the live key under
+//! `name/` created first; a waiter holds its own key `name/<lease>` and waits for every
+//! older one to go, as etcd's server does with its `concurrency.Mutex`. A lock lives as
+//! long as its lease, so a crashed holder frees it when the lease expires.
+
+use super::concurrency::{
+    created_at, delete_op, first_range, get_op, key_of, prefix_of, put_op, Abandon, Recipes,
+};
+use super::Context;
+use crate::proto::etcdserverpb::TxnRequest;
+use crate::proto::v3lockpb::lock_server::Lock;
+use crate::proto::v3lockpb::*;
+use bytes::Bytes;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+pub struct LockService {
+    recipes: Arc<Recipes>,
+}
+
+impl LockService {
+    pub fn new(ctx: Context) -> Self {
+        Self {
+            recipes: Recipes::new(ctx),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Lock for LockService {
+    async fn lock(&self, r: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        let r = r.into_inner();
+        let lease = self.recipes.session_lease(r.lease).await?;
+        let prefix = prefix_of(&r.name);
+        let key = key_of(&prefix, lease);
+        let t = TxnRequest {
+            compare: vec![created_at(&key, 0)],
+            success: vec![put_op(&key, &Bytes::new(), lease)],
+            failure: vec![get_op(&key)],
+        };
+        let resp = self.recipes.txn(t).await?;
+        let mine = if resp.succeeded {
+            resp.header.as_ref().map_or(0, |h| h.revision)
+        } else {
+            first_range(&resp)
+                .first()
+                .map_or(0, |kv| kv.create_revision)
+        };
+        // From here until the lock is held, a request cut short gives its place up.
+        let mut abandon = Abandon {
+            recipes: self.recipes.clone(),
+            key: Some(key.clone()),
+        };
+        self.recipes.wait_deletes(&prefix, mine - 1).await;
+        abandon.key = None;
+        if !self.recipes.is_live(&key) {
+            return Err(Status::unknown("mutex: session is expired"));
+        }
+        let state = self.recipes.ctx.log.state();
+        Ok(Response::new(LockResponse {
+            header: self.recipes.ctx.header(state.revision),
+            key,
+        }))
+    }
+
+    async fn unlock(&self, r: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
+        let key = r.into_inner().key;
+        let resp = self
+            .recipes
+            .txn(TxnRequest {
+                success: vec![delete_op(&key)],
+                ..Default::default()
+            })
+            .await?;
+        Ok(Response::new(UnlockResponse {
+            header: resp.header,
+        }))
+    }
+}
