@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/netsy.proto",
         "proto/peer.proto",
         "proto/etcd/kv.proto",
+        "proto/etcd/auth.proto",
         "proto/etcd/rpc.proto",
         "proto/etcd/v3lock.proto",
         "proto/etcd/v3election.proto",

@@ -74,6 +74,7 @@ pub fn to_table(name: &str, file: &DataFile) -> String {
             Ok(RecordKind::Compact) => format!("compact@{}", r.compact_revision),
             Ok(RecordKind::LeaseGrant) => format!("grant ttl={}", r.ttl),
             Ok(RecordKind::LeaseRevoke) => "revoke".to_string(),
+            Ok(RecordKind::Auth) => "auth".to_string(),
             Err(_) => format!("kind {}", r.kind),
         };
         let _ = writeln!(

@@ -7,6 +7,7 @@
 //! `server` (wiring), `inspect` (the CLI's file viewer).
 
 pub mod api;
+pub mod auth;
 pub mod authority;
 pub mod bench;
 pub mod clock;

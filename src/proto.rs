@@ -17,6 +17,11 @@ pub mod mvccpb {
     tonic::include_proto!("mvccpb");
 }
 
+/// etcd's auth records (`authpb`).
+pub mod authpb {
+    tonic::include_proto!("authpb");
+}
+
 /// etcd's v3 client API (`etcdserverpb`).
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");

@@ -459,7 +459,7 @@ async fn grpc_routes(
         api::cluster::ClusterService::new(ctx.clone()),
     ))
     .add_service(etcdserverpb::auth_server::AuthServer::new(
-        api::auth::AuthService,
+        api::auth::AuthService::new(ctx.clone()),
     ))
     .add_service(crate::proto::v3lockpb::lock_server::LockServer::new(
         api::lock::LockService::new(ctx.clone()),

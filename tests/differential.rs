@@ -24,6 +24,7 @@ use tonic::transport::Channel;
 
 #[derive(Clone)]
 struct Side {
+    auth: netsy::proto::etcdserverpb::auth_client::AuthClient<Channel>,
     kv: KvClient<Channel>,
     lease: LeaseClient<Channel>,
     watch: WatchClient<Channel>,
@@ -38,6 +39,7 @@ impl Side {
             .await
             .unwrap();
         Side {
+            auth: netsy::proto::etcdserverpb::auth_client::AuthClient::new(ch.clone()),
             kv: KvClient::new(ch.clone()),
             lease: LeaseClient::new(ch.clone()),
             watch: WatchClient::new(ch.clone()),
@@ -74,6 +76,22 @@ norm_header!(
     netsy::proto::etcdserverpb::LeaseGrantResponse,
     netsy::proto::etcdserverpb::LeaseRevokeResponse,
     netsy::proto::etcdserverpb::DefragmentResponse,
+    netsy::proto::etcdserverpb::AuthUserAddResponse,
+    netsy::proto::etcdserverpb::AuthUserGetResponse,
+    netsy::proto::etcdserverpb::AuthUserListResponse,
+    netsy::proto::etcdserverpb::AuthUserDeleteResponse,
+    netsy::proto::etcdserverpb::AuthUserChangePasswordResponse,
+    netsy::proto::etcdserverpb::AuthUserGrantRoleResponse,
+    netsy::proto::etcdserverpb::AuthUserRevokeRoleResponse,
+    netsy::proto::etcdserverpb::AuthRoleAddResponse,
+    netsy::proto::etcdserverpb::AuthRoleGetResponse,
+    netsy::proto::etcdserverpb::AuthRoleListResponse,
+    netsy::proto::etcdserverpb::AuthRoleDeleteResponse,
+    netsy::proto::etcdserverpb::AuthRoleGrantPermissionResponse,
+    netsy::proto::etcdserverpb::AuthRoleRevokePermissionResponse,
+    netsy::proto::etcdserverpb::AuthStatusResponse,
+    netsy::proto::etcdserverpb::AuthDisableResponse,
+    netsy::proto::etcdserverpb::AuthenticateResponse,
     netsy::proto::etcdserverpb::MoveLeaderResponse,
     WatchResponse
 );
@@ -1505,4 +1523,281 @@ async fn maintenance_matches_etcd() {
     })
     .await
     .unwrap_err();
+}
+
+/// Users, roles and permissions managed as etcd manages them (authentication itself is not
+/// enabled): every answer and error, and the auth revision after each change, equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_management_matches_etcd() {
+    auth_management_matches(Backend::File).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_management_matches_etcd_through_a_follower() {
+    auth_management_matches(Backend::Follower).await;
+}
+
+async fn auth_management_matches(backend: Backend) {
+    use netsy::proto::authpb::{permission::Type, Permission, UserAddOptions};
+    use netsy::proto::etcdserverpb::*;
+    let mut d = Diff::start(backend).await;
+    let user = |name: &str, no_password: bool| AuthUserAddRequest {
+        name: name.into(),
+        password: if no_password {
+            String::new()
+        } else {
+            "pw".into()
+        },
+        options: Some(UserAddOptions { no_password }),
+        hashed_password: String::new(),
+    };
+    let perm = |t: Type, key: &str, end: &str| Permission {
+        perm_type: t as i32,
+        key: b(key),
+        range_end: b(end),
+    };
+    let status = common::etcd_version() >= (3, 5);
+    macro_rules! step {
+        ($name:expr, $call:ident, $req:expr) => {{
+            let req = $req;
+            let _ = d
+                .both($name, |mut s| {
+                    let req = req.clone();
+                    async move { s.auth.$call(req).await }
+                })
+                .await;
+            // AuthStatus is 3.5's: with 3.4 the auth revision goes unchecked.
+            if status {
+                let _ = d
+                    .both(&format!("status after {}", $name), |mut s| async move {
+                        s.auth.auth_status(AuthStatusRequest {}).await
+                    })
+                    .await;
+            }
+        }};
+    }
+
+    step!("add alice", user_add, user("alice", false));
+    step!("add alice again", user_add, user("alice", false));
+    step!("add nameless", user_add, user("", false));
+    step!("add bob without password", user_add, user("bob", true));
+    step!("add root", user_add, user("root", false));
+    step!("list users", user_list, AuthUserListRequest {});
+    step!(
+        "get alice",
+        user_get,
+        AuthUserGetRequest {
+            name: "alice".into()
+        }
+    );
+    step!(
+        "get nobody",
+        user_get,
+        AuthUserGetRequest {
+            name: "nobody".into()
+        }
+    );
+    step!(
+        "add role reader",
+        role_add,
+        AuthRoleAddRequest {
+            name: "reader".into()
+        }
+    );
+    step!(
+        "add role reader again",
+        role_add,
+        AuthRoleAddRequest {
+            name: "reader".into()
+        }
+    );
+    step!(
+        "add nameless role",
+        role_add,
+        AuthRoleAddRequest { name: "".into() }
+    );
+    step!(
+        "add role root",
+        role_add,
+        AuthRoleAddRequest {
+            name: "root".into()
+        }
+    );
+    for (what, p) in [
+        ("grant read k", Some(perm(Type::Read, "k", ""))),
+        (
+            "grant readwrite a/",
+            Some(perm(Type::Readwrite, "a/", "a0")),
+        ),
+        ("grant write from b", Some(perm(Type::Write, "b", "\0"))),
+        ("grant write k (update)", Some(perm(Type::Write, "k", ""))),
+        ("grant an inverted range", Some(perm(Type::Read, "z", "a"))),
+        ("grant nothing", None),
+    ] {
+        // etcd 3.5+ refuses an inverted range and a missing permission (as Netsy does);
+        // 3.4 stored the first and dropped the connection on the second.
+        if !status && (what.starts_with("grant an") || what == "grant nothing") {
+            continue;
+        }
+        step!(
+            what,
+            role_grant_permission,
+            AuthRoleGrantPermissionRequest {
+                name: "reader".into(),
+                perm: p,
+            }
+        );
+    }
+    step!(
+        "grant to a missing role",
+        role_grant_permission,
+        AuthRoleGrantPermissionRequest {
+            name: "nope".into(),
+            perm: Some(perm(Type::Read, "k", "")),
+        }
+    );
+    step!(
+        "get role reader",
+        role_get,
+        AuthRoleGetRequest {
+            role: "reader".into()
+        }
+    );
+    // etcd 3.5+ report root's implicit permission (as Netsy does); 3.4 none.
+    if status {
+        step!(
+            "get role root",
+            role_get,
+            AuthRoleGetRequest {
+                role: "root".into()
+            }
+        );
+    }
+    step!(
+        "get missing role",
+        role_get,
+        AuthRoleGetRequest {
+            role: "nope".into()
+        }
+    );
+    step!("list roles", role_list, AuthRoleListRequest {});
+    for role in ["reader", "root", "reader", "nope"] {
+        step!(
+            &format!("grant {role} to alice"),
+            user_grant_role,
+            AuthUserGrantRoleRequest {
+                user: "alice".into(),
+                role: role.into(),
+            }
+        );
+    }
+    step!(
+        "grant to nobody",
+        user_grant_role,
+        AuthUserGrantRoleRequest {
+            user: "nobody".into(),
+            role: "reader".into(),
+        }
+    );
+    step!(
+        "get alice with roles",
+        user_get,
+        AuthUserGetRequest {
+            name: "alice".into()
+        }
+    );
+    step!(
+        "revoke a role bob lacks",
+        user_revoke_role,
+        AuthUserRevokeRoleRequest {
+            name: "bob".into(),
+            role: "reader".into(),
+        }
+    );
+    step!(
+        "revoke a permission never granted",
+        role_revoke_permission,
+        AuthRoleRevokePermissionRequest {
+            role: "reader".into(),
+            key: b("q"),
+            range_end: Bytes::new(),
+        }
+    );
+    step!(
+        "revoke read a/",
+        role_revoke_permission,
+        AuthRoleRevokePermissionRequest {
+            role: "reader".into(),
+            key: b("a/"),
+            range_end: b("a0"),
+        }
+    );
+    step!(
+        "change alice's password",
+        user_change_password,
+        AuthUserChangePasswordRequest {
+            name: "alice".into(),
+            password: "pw2".into(),
+            hashed_password: String::new(),
+        }
+    );
+    step!(
+        "change nobody's password",
+        user_change_password,
+        AuthUserChangePasswordRequest {
+            name: "nobody".into(),
+            password: "pw2".into(),
+            hashed_password: String::new(),
+        }
+    );
+    step!(
+        "delete role reader",
+        role_delete,
+        AuthRoleDeleteRequest {
+            role: "reader".into()
+        }
+    );
+    step!(
+        "alice after the role went",
+        user_get,
+        AuthUserGetRequest {
+            name: "alice".into()
+        }
+    );
+    step!(
+        "revoke root from alice",
+        user_revoke_role,
+        AuthUserRevokeRoleRequest {
+            name: "alice".into(),
+            role: "root".into(),
+        }
+    );
+    step!(
+        "delete alice",
+        user_delete,
+        AuthUserDeleteRequest {
+            name: "alice".into()
+        }
+    );
+    step!(
+        "delete alice again",
+        user_delete,
+        AuthUserDeleteRequest {
+            name: "alice".into()
+        }
+    );
+    step!(
+        "authenticate while disabled",
+        authenticate,
+        AuthenticateRequest {
+            name: "root".into(),
+            password: "pw".into(),
+        }
+    );
+    step!(
+        "disable while disabled",
+        auth_disable,
+        AuthDisableRequest {}
+    );
+    step!("list users at the end", user_list, AuthUserListRequest {});
 }

@@ -148,6 +148,12 @@ async fn snapshots_are_written_cleaned_up_and_used_at_restart() {
     ];
     let mut n = Netsy::start(&store, &flags).await;
     let mut c = n.client().await.unwrap();
+    // Users and roles too: once the chunks are cleaned up, only the snapshot holds them.
+    c.user_add("alice", "pw", None).await.unwrap();
+    c.role_add("reader").await.unwrap();
+    let read = etcd_client::Permission::read("/k/").with_prefix();
+    c.role_grant_permission("reader", read).await.unwrap();
+    c.user_grant_role("alice", "reader").await.unwrap();
     for i in 0..120 {
         c.put(format!("/k/{i:03}"), format!("v{i}"), None)
             .await
@@ -176,6 +182,18 @@ async fn snapshots_are_written_cleaned_up_and_used_at_restart() {
     assert_eq!(got.count(), 120);
     assert_eq!(got.header().unwrap().revision(), 121);
     assert!(n.log().contains("loaded snapshot"), "{}", n.log());
+    let mut c = n.client().await.unwrap();
+    assert_eq!(c.user_list().await.unwrap().users(), ["alice"]);
+    assert_eq!(c.user_get("alice").await.unwrap().roles(), ["reader"]);
+    let perms = c.role_get("reader").await.unwrap();
+    assert_eq!(perms.permissions().len(), 1);
+    assert_eq!(perms.permissions()[0].key(), b"/k/");
+    let mut auth =
+        netsy::proto::etcdserverpb::auth_client::AuthClient::connect(format!("http://{}", n.addr))
+            .await
+            .unwrap();
+    let status = auth.auth_status(netsy::proto::etcdserverpb::AuthStatusRequest {});
+    assert_eq!(status.await.unwrap().into_inner().auth_revision, 5);
 }
 
 fn walk(dir: &std::path::Path) -> usize {

@@ -242,6 +242,20 @@ impl From<WriteError> for Status {
                 "etcdserver: mvcc: database space exceeded",
             ),
             WriteError::Shutdown => errors::stopped(),
+            WriteError::Auth(a) => a.into(),
         }
+    }
+}
+
+impl From<crate::auth::AuthError> for Status {
+    fn from(e: crate::auth::AuthError) -> Self {
+        use crate::auth::AuthError::*;
+        let code = match e {
+            UserEmpty | RoleEmpty | PermissionNotGiven | InvalidAuthMgmt => Code::InvalidArgument,
+            UserAlreadyExists | UserNotFound | RoleAlreadyExists | RoleNotFound
+            | RoleNotGranted | PermissionNotGranted | NotEnabled => Code::FailedPrecondition,
+            Corrupt(_) => Code::Internal,
+        };
+        Status::new(code, e.to_string())
     }
 }

@@ -46,6 +46,8 @@ pub enum Request {
     LeaseRevoke {
         id: i64,
     },
+    /// A change to etcd's users and roles.
+    Auth(crate::auth::Change),
 }
 
 impl Request {
@@ -80,6 +82,7 @@ pub enum Response {
     Compact { revision: i64 },
     LeaseGrant { id: i64, ttl: i64, revision: i64 },
     LeaseRevoke { revision: i64 },
+    Auth { revision: i64 },
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -94,6 +97,8 @@ pub enum WriteError {
     Fenced { key: String },
     #[error("this node is not the leader")]
     NotLeader,
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
     #[error("leader lease expired before the write could be acknowledged")]
     LeaseExpired,
     #[error("chunk too large: {0}")]

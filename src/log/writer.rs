@@ -52,7 +52,7 @@ pub(crate) fn evaluate(
     work: &mut State,
     request: &Request,
     records: &mut Vec<Record>,
-) -> Result<Response, MvccError> {
+) -> Result<Response, WriteError> {
     let control = |work: &State, kind: RecordKind| Record {
         revision: work.revision,
         kind: kind as i32,
@@ -77,10 +77,10 @@ pub(crate) fn evaluate(
         Request::Compact(rev) => {
             let rev = *rev;
             if rev > work.revision {
-                return Err(MvccError::FutureRevision);
+                return Err(MvccError::FutureRevision.into());
             }
             if rev <= work.compact_revision {
-                return Err(MvccError::Compacted);
+                return Err(MvccError::Compacted.into());
             }
             work.compact(rev);
             records.push(Record {
@@ -103,7 +103,7 @@ pub(crate) fn evaluate(
                 *id
             };
             if work.lease(id).is_some() {
-                return Err(MvccError::LeaseExists);
+                return Err(MvccError::LeaseExists.into());
             }
             work.put_lease(Lease { id, ttl: *ttl });
             records.push(Record {
@@ -119,7 +119,7 @@ pub(crate) fn evaluate(
         }
         Request::LeaseRevoke { id } => {
             if work.lease(*id).is_none() {
-                return Err(MvccError::LeaseNotFound);
+                return Err(MvccError::LeaseNotFound.into());
             }
             let keys: Vec<Bytes> = work.lease_keys(*id).map(|k| k.to_bytes()).collect();
             if !keys.is_empty() {
@@ -149,6 +149,20 @@ pub(crate) fn evaluate(
                 ..control(work, RecordKind::LeaseRevoke)
             });
             Ok(Response::LeaseRevoke {
+                revision: work.revision,
+            })
+        }
+        Request::Auth(change) => {
+            let mut store = crate::auth::AuthStore::decode(work.auth())?;
+            if store.apply(change)? {
+                let encoded = Bytes::from(store.encode());
+                work.set_auth(encoded.clone());
+                records.push(Record {
+                    value: encoded,
+                    ..control(work, RecordKind::Auth)
+                });
+            }
+            Ok(Response::Auth {
                 revision: work.revision,
             })
         }
@@ -234,7 +248,7 @@ pub async fn run_writer(
                 results.push(Err(WriteError::NoSpace));
                 continue;
             }
-            results.push(evaluate(&mut work, request, &mut records).map_err(WriteError::from));
+            results.push(evaluate(&mut work, request, &mut records));
         }
         if records.is_empty() {
             // Nothing to persist or publish: every request failed or changed nothing, so the

@@ -208,6 +208,9 @@ pub struct State {
     /// through compaction in its database keys, which its HashKV covers, while the change
     /// log that gives it here is dropped by compaction. Empty for single-key writes.
     subs: OrdMap<(i64, Key), i64>,
+    /// etcd's users and roles as the last auth record left them (encoded by
+    /// [`crate::auth`]; empty: none yet). Opaque here: the store only carries it.
+    auth: Bytes,
     /// Bytes of keys and values held across all retained versions.
     bytes: i64,
     /// Number of retained versions (tombstones included).
@@ -292,6 +295,7 @@ impl State {
             leases: OrdMap::new(),
             lease_keys: OrdMap::new(),
             subs: OrdMap::new(),
+            auth: Bytes::new(),
             bytes: 0,
             versions: 0,
             tails: Arc::default(),
@@ -432,6 +436,15 @@ impl State {
         Some((event, prev))
     }
 
+    /// The encoded auth store (empty: none yet).
+    pub fn auth(&self) -> &Bytes {
+        &self.auth
+    }
+
+    pub fn set_auth(&mut self, encoded: Bytes) {
+        self.auth = encoded;
+    }
+
     pub fn put_lease(&mut self, lease: Lease) {
         self.leases.insert(lease.id, lease);
     }
@@ -532,6 +545,10 @@ impl State {
         }
         if r.kind == RecordKind::LeaseRevoke as i32 {
             self.remove_lease(r.lease);
+            return Ok(());
+        }
+        if r.kind == RecordKind::Auth as i32 {
+            self.auth = r.value;
             return Ok(());
         }
         if r.kind != RecordKind::Kv as i32 {
@@ -668,7 +685,13 @@ impl State {
             ttl: lease.ttl,
             ..Default::default()
         });
-        changed.chain(leases)
+        let auth = (!self.auth.is_empty()).then(|| Record {
+            revision: self.revision,
+            kind: RecordKind::Auth as i32,
+            value: self.auth.clone(),
+            ..Default::default()
+        });
+        changed.chain(leases).chain(auth)
     }
 
     /// etcd's sub-revision of `key`'s version at `rev`.
