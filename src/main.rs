@@ -630,6 +630,13 @@ async fn restore_snapshot(
     let db = restore::verified(&data, skip_hash_check)?;
     eprintln!("netsy: reading {} ({} bytes)", file.display(), db.len());
     let restored = restore::read(db, |n| eprintln!("netsy: {n} revisions of keys read"))?;
+    if restored.auth_was_enabled {
+        eprintln!(
+            "netsy: warning: the etcd had authentication enabled; its users and roles are \
+             kept, but Netsy cannot enforce them yet, so authentication is disabled: protect \
+             the client port with mutual TLS"
+        );
+    }
     let state = restored.state;
     eprintln!(
         "netsy: etcd storage version {}, revision {}, compacted at {}, {} keys, {} leases",

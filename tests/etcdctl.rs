@@ -275,7 +275,11 @@ async fn etcdctl_cluster_and_maintenance() {
         ],
         None,
     );
-    assert!(snap.status.success(), "{}", String::from_utf8_lossy(&snap.stderr));
+    assert!(
+        snap.status.success(),
+        "{}",
+        String::from_utf8_lossy(&snap.stderr)
+    );
     let users = etcdctl(&n.addr, &["user", "list"], None);
     assert!(users.status.success());
     // Enabling authentication is not supported yet: refused with a clear error.

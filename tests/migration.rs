@@ -155,6 +155,26 @@ async fn observe(c: &mut Client, compact: i64) -> Vec<String> {
         let ttl = c.lease_time_to_live(id, None).await.unwrap();
         seen.push(format!("lease {id:x} granted {}", ttl.granted_ttl()));
     }
+    let users = c.user_list().await.unwrap();
+    seen.push(format!("users {:?}", users.users()));
+    for user in users.users() {
+        seen.push(format!(
+            "{user}'s roles {:?}",
+            c.user_get(user.as_str()).await.unwrap().roles()
+        ));
+    }
+    let roles = c.role_list().await.unwrap();
+    for role in roles.roles() {
+        let perms: Vec<String> = c
+            .role_get(role.as_str())
+            .await
+            .unwrap()
+            .permissions()
+            .iter()
+            .map(|p| format!("{:?} {:?} {:?}", p.get_type(), p.key(), p.range_end()))
+            .collect();
+        seen.push(format!("role {role}: {perms:?}"));
+    }
     // HashKV at every revision but the compacted one (a live etcd or Netsy answers the hash
     // taken while compacting there, one restored from a snapshot cannot).
     for rev in (compact + 1..=head).chain([0]) {

@@ -39,6 +39,9 @@ pub struct Restored {
     pub entries: u64,
     /// The storage version `meta` records (etcd 3.6+), if any.
     pub storage_version: Option<String>,
+    /// The etcd had authentication enabled. Netsy keeps its users and roles but cannot
+    /// enforce them yet, so the restored store has authentication disabled.
+    pub auth_was_enabled: bool,
 }
 
 /// etcd's test for a streamed snapshot's trailer: the database is whole pages, the trailer
@@ -185,6 +188,29 @@ pub fn read(db: &[u8], mut progress: impl FnMut(u64)) -> Result<Restored, Restor
             Ok(())
         })?;
     }
+    let entries_of = |name: &[u8]| -> Result<Vec<(Vec<u8>, Vec<u8>)>, RestoreError> {
+        let mut out = Vec::new();
+        if names.iter().any(|n| n == name) {
+            db.for_each(name, |k, v| -> Result<(), BoltError> {
+                out.push((k.to_vec(), v.to_vec()));
+                Ok(())
+            })?;
+        }
+        Ok(out)
+    };
+    let mut auth = schema::auth_store(
+        &entries_of(schema::AUTH)?,
+        &entries_of(schema::AUTH_USERS)?,
+        &entries_of(schema::AUTH_ROLES)?,
+    )
+    .map_err(RestoreError::NotEtcd)?;
+    let auth_was_enabled = auth.enabled;
+    auth.enabled = false;
+    if auth.users.is_empty() && auth.roles.is_empty() && auth.revision <= 1 {
+        // A store that never had users: nothing to record.
+    } else {
+        state.set_auth(auth.encode().into());
+    }
     state.revision = head.max(compact);
     state.compact(compact);
     progress(entries);
@@ -192,6 +218,7 @@ pub fn read(db: &[u8], mut progress: impl FnMut(u64)) -> Result<Restored, Restor
         state,
         entries,
         storage_version,
+        auth_was_enabled,
     })
 }
 

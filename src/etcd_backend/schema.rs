@@ -3,8 +3,8 @@
 //! hashes its own.
 //!
 //! Only what an etcd restored from the file needs is written: `key` (every retained
-//! revision), `lease`, `meta` (compaction marks, storage version) and `alarm`, plus etcd's
-//! empty `auth` buckets. Members and the cluster version are left out: `snapshot restore`
+//! revision), `lease`, `meta` (compaction marks, storage version), `alarm`, and the users
+//! and roles (`auth`, `authUsers`, `authRoles`). Members and the cluster version are left out: `snapshot restore`
 //! rewrites membership anyway, and a cluster version newer than the etcd restoring it (3.4
 //! refuses 3.6's) would stop that etcd from starting.
 
@@ -14,6 +14,11 @@ use bytes::Bytes;
 use prost::Message;
 
 pub const KEY: &[u8] = b"key";
+pub const AUTH: &[u8] = b"auth";
+pub const AUTH_USERS: &[u8] = b"authUsers";
+pub const AUTH_ROLES: &[u8] = b"authRoles";
+pub const AUTH_ENABLED: &[u8] = b"authEnabled";
+pub const AUTH_REVISION: &[u8] = b"authRevision";
 pub const META: &[u8] = b"meta";
 pub const LEASE: &[u8] = b"lease";
 pub const ALARM: &[u8] = b"alarm";
@@ -138,16 +143,123 @@ pub fn buckets<'a>(state: &'a State, alarms: &[u64]) -> Vec<Bucket<'a>> {
         meta.push((SCHEDULED_COMPACT.to_vec(), rev));
     }
     meta.sort();
-    let empty = || -> Box<dyn Iterator<Item = (Vec<u8>, Vec<u8>)>> { Box::new(std::iter::empty()) };
+    let (auth, users, roles) = auth_buckets(state);
     vec![
         (ALARM, Box::new(alarm.into_iter())),
-        (b"auth", empty()),
-        (b"authRoles", empty()),
-        (b"authUsers", empty()),
+        (AUTH, Box::new(auth.into_iter())),
+        (AUTH_ROLES, Box::new(roles.into_iter())),
+        (AUTH_USERS, Box::new(users.into_iter())),
         (KEY, Box::new(key_entries(state))),
         (LEASE, Box::new(leases.into_iter())),
         (META, Box::new(meta.into_iter())),
     ]
+}
+
+type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// etcd's `auth`, `authUsers` and `authRoles` buckets for the state's users and roles
+/// (records as etcd writes them: `authpb.User` with its bcrypt hash, `authpb.Role`).
+fn auth_buckets(state: &State) -> (Entries, Entries, Entries) {
+    use crate::proto::authpb;
+    let store = crate::auth::AuthStore::decode(state.auth()).unwrap_or_default();
+    let auth = vec![
+        (AUTH_ENABLED.to_vec(), vec![u8::from(store.enabled)]),
+        (
+            AUTH_REVISION.to_vec(),
+            store.revision.max(1).to_be_bytes().to_vec(),
+        ),
+    ];
+    let users = store
+        .users
+        .iter()
+        .map(|(name, u)| {
+            let user = authpb::User {
+                name: name.clone().into_bytes().into(),
+                password: u.password.clone().unwrap_or_default().into_bytes().into(),
+                roles: u.roles.clone(),
+                options: Some(authpb::UserAddOptions {
+                    no_password: u.no_password,
+                }),
+            };
+            (name.clone().into_bytes(), user.encode_to_vec())
+        })
+        .collect();
+    let roles = store
+        .roles
+        .iter()
+        .map(|(name, r)| {
+            let role = authpb::Role {
+                name: name.clone().into_bytes().into(),
+                key_permission: r
+                    .permissions
+                    .iter()
+                    .map(|p| authpb::Permission {
+                        perm_type: p.perm_type,
+                        key: p.key.clone().into(),
+                        range_end: p.range_end.clone().into(),
+                    })
+                    .collect(),
+            };
+            (name.clone().into_bytes(), role.encode_to_vec())
+        })
+        .collect();
+    (auth, users, roles)
+}
+
+/// etcd's users and roles from its `auth*` buckets' entries.
+pub fn auth_store(
+    auth: &[(Vec<u8>, Vec<u8>)],
+    users: &[(Vec<u8>, Vec<u8>)],
+    roles: &[(Vec<u8>, Vec<u8>)],
+) -> Result<crate::auth::AuthStore, String> {
+    use crate::auth::{AuthStore, Permission, Role, User};
+    use crate::proto::authpb;
+    let mut store = AuthStore {
+        revision: 1,
+        ..Default::default()
+    };
+    for (k, v) in auth {
+        if k == AUTH_ENABLED {
+            store.enabled = v.first() == Some(&1);
+        } else if k == AUTH_REVISION && v.len() == 8 {
+            store.revision = u64::from_be_bytes(v[..8].try_into().unwrap()).max(1);
+        }
+    }
+    for (k, v) in users {
+        let u = authpb::User::decode(v.as_slice()).map_err(|e| format!("user {k:?}: {e}"))?;
+        let no_password = u.options.is_some_and(|o| o.no_password);
+        let password = (!u.password.is_empty())
+            .then(|| String::from_utf8(u.password.to_vec()))
+            .transpose()
+            .map_err(|_| format!("user {k:?}: password hash is not text"))?;
+        let mut roles = u.roles;
+        roles.sort();
+        let name = String::from_utf8(u.name.to_vec()).map_err(|_| format!("user {k:?}: name"))?;
+        store.users.insert(
+            name,
+            User {
+                password,
+                no_password,
+                roles,
+            },
+        );
+    }
+    for (k, v) in roles {
+        let r = authpb::Role::decode(v.as_slice()).map_err(|e| format!("role {k:?}: {e}"))?;
+        let name = String::from_utf8(r.name.to_vec()).map_err(|_| format!("role {k:?}: name"))?;
+        let mut permissions: Vec<Permission> = r
+            .key_permission
+            .into_iter()
+            .map(|p| Permission {
+                perm_type: p.perm_type,
+                key: p.key.to_vec(),
+                range_end: p.range_end.to_vec(),
+            })
+            .collect();
+        permissions.sort_by(|a, b| a.key.cmp(&b.key));
+        store.roles.insert(name, Role { permissions });
+    }
+    Ok(store)
 }
 
 /// A value of the `key` bucket, decoded.
