@@ -188,7 +188,7 @@ pub fn read(db: &[u8], mut progress: impl FnMut(u64)) -> Result<Restored, Restor
             Ok(())
         })?;
     }
-    let entries_of = |name: &[u8]| -> Result<Vec<(Vec<u8>, Vec<u8>)>, RestoreError> {
+    let entries_of = |name: &[u8]| -> Result<schema::Entries, RestoreError> {
         let mut out = Vec::new();
         if names.iter().any(|n| n == name) {
             db.for_each(name, |k, v| -> Result<(), BoltError> {

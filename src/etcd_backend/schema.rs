@@ -155,7 +155,8 @@ pub fn buckets<'a>(state: &'a State, alarms: &[u64]) -> Vec<Bucket<'a>> {
     ]
 }
 
-type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+/// A bucket's entries, in key order.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// etcd's `auth`, `authUsers` and `authRoles` buckets for the state's users and roles
 /// (records as etcd writes them: `authpb.User` with its bcrypt hash, `authpb.Role`).
