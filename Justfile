@@ -65,6 +65,10 @@ kube-e2e VERSION="1.37" STORE="dir" TLS="mtls":
     scripts/kube-e2e.sh {{VERSION}} {{STORE}} {{TLS}}
 
 # Three nodes on LocalStack failing over under load for DURATION (tests/robustness).
+# etcd client libraries' own suites (etcd-client, aetcd) against etcd 3.7 and Netsy.
+client-suites:
+    scripts/client-suites.sh
+
 # The downtime of moving 50k objects from etcd to Netsy and back (the migration guide's steps).
 migrate-bench OBJECTS="50000" VALUE_BYTES="2048":
     scripts/migrate-bench.sh {{OBJECTS}} {{VALUE_BYTES}}
