@@ -32,7 +32,8 @@ start() { # etcd|netsy [root]
       --initial-advertise-peer-urls http://127.0.0.1:23800 --initial-cluster default=http://127.0.0.1:23800 \
       --auth-token-ttl 2 >"$work/etcd.log" 2>&1 &
   else
-    "$netsy" serve --store "file://$work/data" --listen-client-addr 127.0.0.1:2379 >"$work/netsy.log" 2>&1 &
+    "$netsy" serve --store "file://$work/data" --listen-client-addr 127.0.0.1:2379 \
+      --auth-token-ttl 2 >"$work/netsy.log" 2>&1 &
   fi
   pids+=($!)
   wait_health 127.0.0.1:2379 "$1"
@@ -63,10 +64,13 @@ run_rust() { # label
 }
 # aetcd (Python).
 venv=${XDG_CACHE_HOME:-$HOME/.cache}/netsy/client-suites-venv
-if [ ! -x "$venv/bin/pytest" ]; then
-  echo "client-suites: installing aetcd 1.0.0 and pytest into $venv" >&2
+wants="aetcd==1.0.0 pytest pytest-asyncio pytest-mock"
+if [ "$(cat "$venv/.installed" 2>/dev/null)" != "$wants" ]; then
+  echo "client-suites: installing $wants into $venv" >&2
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet aetcd==1.0.0 pytest pytest-asyncio
+  # shellcheck disable=SC2086
+  "$venv/bin/pip" install --quiet $wants
+  echo "$wants" >"$venv/.installed"
 fi
 if [ ! -d "$work/aetcd-1.0.0" ]; then
   "$venv/bin/pip" download --quiet --no-deps --no-binary :all: aetcd==1.0.0 -d "$work"

@@ -56,12 +56,17 @@ fi
 refs=$(scripts/kube-build.sh refs)
 echo "test.sh: the etcd comparisons again with etcd and etcdctl 3.7 ($refs)" >&2
 NETSY_TEST_ETCD=$refs/etcd NETSY_TEST_ETCDCTL=$refs/etcdctl \
-  cargo test --test differential --test etcdctl --test limits --test migration -- "$@"
+  cargo test --test differential --test etcdctl --test limits --test migration --test auth \
+  --test concurrency -- "$@"
 # Snapshots both ways with etcd 3.6 too (its etcdutl restores Netsy's; Netsy restores its).
 refs36=$(scripts/kube-build.sh refs-3.6)
 echo "test.sh: migration to and from etcd 3.6 ($refs36)" >&2
 NETSY_TEST_ETCD=$refs36/etcd NETSY_TEST_ETCDCTL=$refs36/etcdctl \
   cargo test --test migration -- "$@"
+# Two etcd client libraries' own suites (etcd-client, aetcd) against etcd 3.7 and Netsy:
+# every test that passes on etcd must pass on Netsy.
+echo "test.sh: client libraries' own suites (scripts/client-suites.sh)" >&2
+scripts/client-suites.sh
 echo "test.sh: RangeStream against etcd 3.7, message by message (tests/kube/etcdapi)" >&2
 (cd tests/kube && NETSY_BIN="$PWD/../../target/debug/netsy" go test -count=1 ./etcdapi/)
 scripts/kube-storage.sh 1.37 netsy

@@ -7,9 +7,12 @@
 //! after the change; replay keeps the last one, and snapshots carry it. Passwords are kept
 //! as etcd keeps them, bcrypt hashes, computed before the change is proposed.
 //!
-//! Enabling authentication (and with it tokens and permission checks on every request) is
-//! not built yet: `AuthEnable` answers `Unimplemented`, so the store only ever has
-//! `enabled == false`.
+//! Once enabled, a client authenticates with a password and gets a token; every request
+//! carries it and is checked against the user's roles here. Tokens are signed with a key
+//! kept in the store (so any node verifies any node's tokens, and the bucket, which already
+//! holds every key and value, is their trust root), expire after `--auth-token-ttl`, and
+//! die with their user or its password. A client refreshes an expired one, as against
+//! etcd's simple tokens.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -24,6 +27,9 @@ pub const READWRITE: i32 = 2;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuthStore {
     pub enabled: bool,
+    /// Hex of the key tokens are signed with, made when authentication is first enabled.
+    #[serde(default)]
+    pub token_key: String,
     /// etcd's auth revision: 1 for a new store, one more for each change.
     pub revision: u64,
     pub users: BTreeMap<String, User>,
@@ -99,6 +105,10 @@ pub enum Change {
         key: Vec<u8>,
         range_end: Vec<u8>,
     },
+    /// `token_key`: the signing key to use if the store has none yet.
+    Enable {
+        token_key: String,
+    },
     Disable,
 }
 
@@ -127,6 +137,16 @@ pub enum AuthError {
     InvalidAuthMgmt,
     #[error("etcdserver: authentication is not enabled")]
     NotEnabled,
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    #[error("etcdserver: invalid auth token")]
+    InvalidToken,
     #[error("auth store record: {0}")]
     Corrupt(String),
 }
@@ -255,6 +275,21 @@ impl AuthStore {
                     return Err(AuthError::PermissionNotGranted);
                 }
             }
+            Change::Enable { token_key } => {
+                if self.enabled {
+                    return Ok(false);
+                }
+                let root = self.users.get(ROOT).ok_or(AuthError::RootUserNotExist)?;
+                if !root.roles.iter().any(|r| r == ROOT) {
+                    return Err(AuthError::RootRoleNotExist);
+                }
+                self.enabled = true;
+                if self.token_key.is_empty() {
+                    self.token_key = token_key.clone();
+                }
+                // As etcd: enabling is no new revision.
+                return Ok(true);
+            }
             Change::Disable => {
                 if !self.enabled {
                     return Ok(false);
@@ -264,6 +299,150 @@ impl AuthStore {
         }
         self.revision += 1;
         Ok(true)
+    }
+}
+
+impl AuthStore {
+    /// Whether `user` holds the root role.
+    pub fn is_admin(&self, user: &str) -> bool {
+        self.users
+            .get(user)
+            .is_some_and(|u| u.roles.iter().any(|r| r == ROOT))
+    }
+
+    /// Whether `user` may `need` (READ or WRITE) the key `key`, or the range
+    /// `[key, range_end)` (`range_end` `\0`: every key from `key` on), as etcd decides: the
+    /// root role may do anything; otherwise the user's permissions of a fitting type,
+    /// merged, must cover the whole range.
+    pub fn permits(&self, user: &str, key: &[u8], range_end: &[u8], need: i32) -> bool {
+        let Some(u) = self.users.get(user) else {
+            return false;
+        };
+        if u.roles.iter().any(|r| r == ROOT) {
+            return true;
+        }
+        // Intervals [start, end) with `None` as no end.
+        let mut granted: Vec<(Vec<u8>, Option<Vec<u8>>)> = u
+            .roles
+            .iter()
+            .filter_map(|r| self.roles.get(r))
+            .flat_map(|r| r.permissions.iter())
+            .filter(|p| p.perm_type == READWRITE || p.perm_type == need)
+            .map(|p| (p.key.clone(), interval_end(&p.key, &p.range_end)))
+            .collect();
+        granted.sort();
+        let want_end = interval_end(key, range_end);
+        // Walk the merged intervals from `key` on.
+        let mut covered_to: Option<Vec<u8>> = None;
+        let mut reached = false;
+        for (start, end) in granted {
+            let from = covered_to.clone().unwrap_or_else(|| key.to_vec());
+            if !reached {
+                if start.as_slice() > key {
+                    continue;
+                }
+                if end.as_ref().is_some_and(|e| e.as_slice() <= key) {
+                    continue;
+                }
+                reached = true;
+                covered_to = end;
+            } else if start <= from {
+                covered_to = match (covered_to, end) {
+                    (None, _) | (_, None) => None,
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                };
+            } else {
+                break;
+            }
+            if covered_to.is_none() {
+                return true;
+            }
+            if let (Some(c), Some(w)) = (&covered_to, &want_end) {
+                if c >= w {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// A token for `user`, valid until `expires_ms`.
+    pub fn issue(&self, user: &str, expires_ms: u64) -> String {
+        use base64::Engine;
+        let name = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(user);
+        let body = format!("{name}.{expires_ms}.{}", self.fingerprint(user));
+        format!("{body}.{}", self.sign(&body))
+    }
+
+    /// The user a token names, if it is this store's, unexpired at `now_ms`, and its user
+    /// still exists with the same password.
+    pub fn verify(&self, token: &str, now_ms: u64) -> Result<String, AuthError> {
+        use base64::Engine;
+        let (body, sig) = token.rsplit_once('.').ok_or(AuthError::InvalidToken)?;
+        if !constant_time_eq(self.sign(body).as_bytes(), sig.as_bytes()) {
+            return Err(AuthError::InvalidToken);
+        }
+        let mut parts = body.split('.');
+        let (Some(name), Some(expires), Some(fingerprint), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(AuthError::InvalidToken);
+        };
+        let user = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(name)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or(AuthError::InvalidToken)?;
+        let expires: u64 = expires.parse().map_err(|_| AuthError::InvalidToken)?;
+        if now_ms >= expires
+            || !self.users.contains_key(&user)
+            || fingerprint != self.fingerprint(&user)
+        {
+            return Err(AuthError::InvalidToken);
+        }
+        Ok(user)
+    }
+
+    /// Changes with the user's password (and so invalidates its tokens).
+    fn fingerprint(&self, user: &str) -> String {
+        use sha2::Digest;
+        let hash = self
+            .users
+            .get(user)
+            .and_then(|u| u.password.clone())
+            .unwrap_or_default();
+        let d = sha2::Sha256::digest(hash.as_bytes());
+        d[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn sign(&self, body: &str) -> String {
+        use hmac::{KeyInit, Mac};
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(self.token_key.as_bytes())
+            .expect("HMAC takes any key length");
+        mac.update(body.as_bytes());
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The exclusive end of a key or range: a single key ends just after itself, `\0` has no
+/// end.
+fn interval_end(key: &[u8], range_end: &[u8]) -> Option<Vec<u8>> {
+    match range_end {
+        [] => {
+            let mut e = key.to_vec();
+            e.push(0);
+            Some(e)
+        }
+        [0] => None,
+        end => Some(end.to_vec()),
     }
 }
 
@@ -349,5 +528,96 @@ mod tests {
         let again = s.clone();
         assert_eq!(AuthStore::decode(&again.encode()).unwrap(), again);
         assert_eq!(s.apply(&Change::Disable), Ok(false));
+    }
+
+    #[test]
+    fn permissions_cover_ranges_as_etcds_do() {
+        let mut s = AuthStore::decode(&[]).unwrap();
+        add_user(&mut s, "u").unwrap();
+        s.apply(&Change::RoleAdd { name: "r".into() }).unwrap();
+        s.apply(&Change::UserGrantRole {
+            user: "u".into(),
+            role: "r".into(),
+        })
+        .unwrap();
+        let grant = |s: &mut AuthStore, key: &[u8], end: &[u8], t| {
+            s.apply(&Change::RoleGrantPermission {
+                name: "r".into(),
+                permission: Some(Permission {
+                    perm_type: t,
+                    key: key.to_vec(),
+                    range_end: end.to_vec(),
+                }),
+            })
+            .unwrap();
+        };
+        grant(&mut s, b"a", b"c", READ);
+        grant(&mut s, b"c", b"e", READWRITE);
+        grant(&mut s, b"k", b"", WRITE);
+        grant(&mut s, b"x", b"\0", READ);
+        assert!(s.permits("u", b"b", b"", READ));
+        assert!(s.permits("u", b"a", b"e", READ), "merged across a and c");
+        assert!(!s.permits("u", b"a", b"f", READ));
+        assert!(!s.permits("u", b"b", b"", WRITE));
+        assert!(s.permits("u", b"d", b"", WRITE));
+        assert!(s.permits("u", b"k", b"", WRITE));
+        assert!(!s.permits("u", b"k", b"l", WRITE), "a key is not its range");
+        assert!(!s.permits("u", b"k", b"", READ));
+        assert!(s.permits("u", b"y", b"\0", READ));
+        assert!(!s.permits("u", b"w", b"\0", READ));
+        assert!(!s.permits("nobody", b"b", b"", READ));
+        s.apply(&Change::UserGrantRole {
+            user: "u".into(),
+            role: ROOT.into(),
+        })
+        .unwrap();
+        assert!(s.permits("u", b"zzz", b"\0", WRITE));
+    }
+
+    #[test]
+    fn tokens_are_signed_expire_and_die_with_the_password() {
+        let mut s = AuthStore::decode(&[]).unwrap();
+        add_user(&mut s, "root").unwrap();
+        assert_eq!(
+            s.apply(&Change::Enable {
+                token_key: "k1".into()
+            }),
+            Err(AuthError::RootRoleNotExist)
+        );
+        s.apply(&Change::UserGrantRole {
+            user: "root".into(),
+            role: ROOT.into(),
+        })
+        .unwrap();
+        let revision = s.revision;
+        assert_eq!(
+            s.apply(&Change::Enable {
+                token_key: "k1".into()
+            }),
+            Ok(true)
+        );
+        assert_eq!(s.revision, revision, "enabling is no new revision");
+        let t = s.issue("root", 1000);
+        assert_eq!(s.verify(&t, 999), Ok("root".into()));
+        assert_eq!(s.verify(&t, 1000), Err(AuthError::InvalidToken), "expired");
+        let forged = t.replace("1000", "9999");
+        assert_eq!(s.verify(&forged, 999), Err(AuthError::InvalidToken));
+        let mut other = s.clone();
+        other.token_key = "k2".into();
+        assert_eq!(
+            other.verify(&t, 999),
+            Err(AuthError::InvalidToken),
+            "another store's key"
+        );
+        s.apply(&Change::UserChangePassword {
+            name: "root".into(),
+            password: Some("other".into()),
+        })
+        .unwrap();
+        assert_eq!(
+            s.verify(&t, 999),
+            Err(AuthError::InvalidToken),
+            "password changed"
+        );
     }
 }

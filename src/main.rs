@@ -279,6 +279,9 @@ struct ServeArgs {
     /// Client URLs reported by member list (default: the first client URL).
     #[arg(long, env = "NETSY_ADVERTISE_CLIENT_URLS", value_delimiter = ',')]
     advertise_client_urls: Vec<String>,
+    /// Seconds an auth token lives (etcd's --auth-token-ttl).
+    #[arg(long, env = "NETSY_AUTH_TOKEN_TTL", default_value_t = 300)]
+    auth_token_ttl: u64,
     /// This node's name (written into every chunk as the leader id).
     #[arg(long, env = "NETSY_NAME", default_value = "netsy")]
     name: String,
@@ -454,6 +457,7 @@ impl ServeArgs {
                 max_txn_ops: self.max_txn_ops,
                 quota_backend_bytes: self.quota_backend_bytes,
                 max_watchers_per_stream: self.max_watchers_per_stream.max(1),
+                auth_token_ttl: Duration::from_secs(self.auth_token_ttl.max(1)),
             },
             progress_notify_interval: Duration::from_millis(
                 self.progress_notify_interval_ms.max(1),
@@ -630,11 +634,9 @@ async fn restore_snapshot(
     let db = restore::verified(&data, skip_hash_check)?;
     eprintln!("netsy: reading {} ({} bytes)", file.display(), db.len());
     let restored = restore::read(db, |n| eprintln!("netsy: {n} revisions of keys read"))?;
-    if restored.auth_was_enabled {
+    if restored.auth_enabled {
         eprintln!(
-            "netsy: warning: the etcd had authentication enabled; its users and roles are \
-             kept, but Netsy cannot enforce them yet, so authentication is disabled: protect \
-             the client port with mutual TLS"
+            "netsy: authentication is enabled, as it was on the etcd: clients authenticate again"
         );
     }
     let state = restored.state;

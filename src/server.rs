@@ -291,6 +291,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         limits: config.limits,
         lessor: lessor.clone(),
         node: node.clone(),
+        auth: Default::default(),
     };
 
     let start = match (lead, renewing) {

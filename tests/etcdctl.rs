@@ -282,10 +282,11 @@ async fn etcdctl_cluster_and_maintenance() {
     );
     let users = etcdctl(&n.addr, &["user", "list"], None);
     assert!(users.status.success());
-    // Enabling authentication is not supported yet: refused with a clear error.
+    // As etcd: authentication needs a root user first.
     let enable = etcdctl(&n.addr, &["auth", "enable"], None);
     assert!(!enable.status.success());
-    assert!(String::from_utf8_lossy(&enable.stderr).contains("not supported"));
+    let stderr = String::from_utf8_lossy(&enable.stderr);
+    assert!(stderr.contains("root user does not exist"), "{stderr}");
 }
 
 /// Every endpoint form etcd accepts answers every command as etcd's does: bare

@@ -1,10 +1,9 @@
 //! etcd's Auth service: users, roles and permissions kept as etcd keeps them (see
 //! [`crate::auth`]), changed through the log like any write (a follower forwards the
-//! change) and read linearizably. Enabling authentication is not supported yet:
-//! `AuthEnable` answers `Unimplemented`, `Authenticate` answers etcd's "authentication is
-//! not enabled", and access control is the client port's mutual TLS.
+//! change, with the caller's token) and read linearizably. While authentication is
+//! enabled, managing users and roles needs the root role, as in etcd.
 
-use super::{errors, Context};
+use super::Context;
 use crate::auth::{AuthError, AuthStore, Change, Permission};
 use crate::cluster::forward;
 use crate::log::{Request as LogRequest, Response as LogResponse};
@@ -65,12 +64,15 @@ async fn password_hash(password: String, hashed: String) -> Result<String, Statu
         .map_err(|e| Status::internal(format!("hashing the password: {e}")))
 }
 
-/// Forwards a change to the leader when this node follows one.
+/// Checks that the caller may manage auth (the root role, while authentication is
+/// enabled), then forwards the change to the leader when this node follows one.
 macro_rules! forwarded {
     ($self:ident, $request:ident, $method:ident) => {
+        $self.ctx.check_admin(&$request)?;
         if let Some(link) = $self.ctx.write_target(&$request)? {
+            let token = forward::token(&$request);
             let answer = AuthClient::new(link.channel.clone())
-                .$method(forward::outbound($request.into_inner()))
+                .$method(forward::outbound_with($request.into_inner(), token))
                 .await;
             return forward::written(&$self.ctx.log, &link, answer).await;
         }
@@ -97,10 +99,16 @@ fn to_proto(p: &Permission) -> authpb::Permission {
 impl Auth for AuthService {
     async fn auth_enable(
         &self,
-        _r: Request<AuthEnableRequest>,
+        r: Request<AuthEnableRequest>,
     ) -> Result<Response<AuthEnableResponse>, Status> {
-        Err(errors::unimplemented(
-            "Auth.AuthEnable (users and roles are kept; enabling authentication is not supported yet)",
+        forwarded!(self, r, auth_enable);
+        let key: [u8; 32] = rand::random();
+        let token_key = key.iter().map(|b| format!("{b:02x}")).collect();
+        let revision = self.change(Change::Enable { token_key }).await?;
+        let header = self.ctx.header(revision);
+        Ok(forward::marked(
+            &self.ctx.log,
+            AuthEnableResponse { header },
         ))
     }
 
@@ -129,11 +137,35 @@ impl Auth for AuthService {
         }))
     }
 
+    /// Checks the password against the user's bcrypt hash and issues a token any node
+    /// accepts until `--auth-token-ttl` has passed.
     async fn authenticate(
         &self,
-        _r: Request<AuthenticateRequest>,
+        r: Request<AuthenticateRequest>,
     ) -> Result<Response<AuthenticateResponse>, Status> {
-        Err(AuthError::NotEnabled.into())
+        let r = r.into_inner();
+        let (store, revision) = self.store().await?;
+        if !store.enabled {
+            return Err(AuthError::NotEnabled.into());
+        }
+        let user = store.users.get(&r.name).ok_or(AuthError::AuthFailed)?;
+        let Some(hash) = user.password.clone() else {
+            return Err(AuthError::AuthFailed.into());
+        };
+        let password = r.password;
+        let ok =
+            tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+        if !ok {
+            return Err(AuthError::AuthFailed.into());
+        }
+        let expires =
+            crate::clock::now_ms() as u64 + self.ctx.limits.auth_token_ttl.as_millis() as u64;
+        Ok(Response::new(AuthenticateResponse {
+            header: self.ctx.header(revision),
+            token: store.issue(&r.name, expires),
+        }))
     }
 
     async fn user_add(
@@ -169,6 +201,12 @@ impl Auth for AuthService {
         &self,
         r: Request<AuthUserGetRequest>,
     ) -> Result<Response<AuthUserGetResponse>, Status> {
+        // As etcd: the root role, or the user asking about itself.
+        if let Some(c) = self.ctx.caller(r.metadata())? {
+            if c.user != r.get_ref().name {
+                c.check_admin()?;
+            }
+        }
         let (store, revision) = self.store().await?;
         let user = store
             .users
@@ -182,8 +220,9 @@ impl Auth for AuthService {
 
     async fn user_list(
         &self,
-        _r: Request<AuthUserListRequest>,
+        r: Request<AuthUserListRequest>,
     ) -> Result<Response<AuthUserListResponse>, Status> {
+        self.ctx.check_admin(&r)?;
         let (store, revision) = self.store().await?;
         Ok(Response::new(AuthUserListResponse {
             header: self.ctx.header(revision),
@@ -281,6 +320,17 @@ impl Auth for AuthService {
         &self,
         r: Request<AuthRoleGetRequest>,
     ) -> Result<Response<AuthRoleGetResponse>, Status> {
+        // As etcd: the root role, or a user holding the role asked about.
+        if let Some(c) = self.ctx.caller(r.metadata())? {
+            let holds = c
+                .store
+                .users
+                .get(&c.user)
+                .is_some_and(|u| u.roles.contains(&r.get_ref().role));
+            if !holds {
+                c.check_admin()?;
+            }
+        }
         let name = r.into_inner().role;
         let (store, revision) = self.store().await?;
         let role = store.roles.get(&name).ok_or(AuthError::RoleNotFound)?;
@@ -297,8 +347,9 @@ impl Auth for AuthService {
 
     async fn role_list(
         &self,
-        _r: Request<AuthRoleListRequest>,
+        r: Request<AuthRoleListRequest>,
     ) -> Result<Response<AuthRoleListResponse>, Status> {
+        self.ctx.check_admin(&r)?;
         let (store, revision) = self.store().await?;
         Ok(Response::new(AuthRoleListResponse {
             header: self.ctx.header(revision),

@@ -19,6 +19,19 @@ use bytes::Bytes;
 use std::sync::Arc;
 use tonic::{Request, Status};
 
+/// The caller's auth token, carried into the recipes' own KV requests so they are checked
+/// as the caller's.
+pub type Token = Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>;
+
+fn as_caller<T>(message: T, token: &Token) -> Request<T> {
+    let mut r = Request::new(message);
+    if let Some(t) = token {
+        r.metadata_mut()
+            .insert(crate::cluster::forward::TOKEN_HEADER, t.clone());
+    }
+    r
+}
+
 pub struct Recipes {
     pub ctx: Context,
     kv: KvService,
@@ -119,7 +132,7 @@ impl Recipes {
 
     /// The lease a lock or campaign is held by: the request's, or, for 0, a new one of 60 s
     /// (etcd's session default), which nobody keeps alive.
-    pub async fn session_lease(&self, lease: i64) -> Result<i64, Status> {
+    pub async fn session_lease(&self, lease: i64, token: &Token) -> Result<i64, Status> {
         use crate::proto::etcdserverpb::lease_server::Lease;
         if lease != 0 {
             return Ok(lease);
@@ -129,21 +142,23 @@ impl Recipes {
             tokio_util::sync::CancellationToken::new(),
         );
         let granted = leases
-            .lease_grant(Request::new(
+            .lease_grant(as_caller(
                 crate::proto::etcdserverpb::LeaseGrantRequest { ttl: 60, id: 0 },
+                token,
             ))
             .await?;
         Ok(granted.into_inner().id)
     }
 
-    pub async fn txn(&self, t: TxnRequest) -> Result<TxnResponse, Status> {
-        Ok(self.kv.txn(Request::new(t)).await?.into_inner())
+    pub async fn txn(&self, t: TxnRequest, token: &Token) -> Result<TxnResponse, Status> {
+        Ok(self.kv.txn(as_caller(t, token)).await?.into_inner())
     }
 
     /// A linearizable read of the first-created key under `prefix`, and the header.
     pub async fn first_created_linearizable(
         &self,
         prefix: &Bytes,
+        token: &Token,
     ) -> Result<
         (
             Option<KeyValue>,
@@ -154,14 +169,17 @@ impl Recipes {
         use crate::proto::etcdserverpb::range_request::{SortOrder, SortTarget};
         let resp = self
             .kv
-            .range(Request::new(RangeRequest {
-                key: prefix.clone(),
-                range_end: prefix_end(prefix),
-                limit: 1,
-                sort_order: SortOrder::Ascend as i32,
-                sort_target: SortTarget::Create as i32,
-                ..Default::default()
-            }))
+            .range(as_caller(
+                RangeRequest {
+                    key: prefix.clone(),
+                    range_end: prefix_end(prefix),
+                    limit: 1,
+                    sort_order: SortOrder::Ascend as i32,
+                    sort_target: SortTarget::Create as i32,
+                    ..Default::default()
+                },
+                token,
+            ))
             .await?
             .into_inner();
         Ok((resp.kvs.into_iter().next(), resp.header))
@@ -197,14 +215,14 @@ impl Recipes {
     }
 
     /// Deletes `key` (a waiter's key when its request is cut short), in the background.
-    pub fn delete_later(self: &Arc<Self>, key: Bytes) {
+    pub fn delete_later(self: &Arc<Self>, key: Bytes, token: Token) {
         let this = self.clone();
         tokio::spawn(async move {
             let t = TxnRequest {
                 success: vec![delete_op(&key)],
                 ..Default::default()
             };
-            if let Err(e) = this.txn(t).await {
+            if let Err(e) = this.txn(t, &token).await {
                 tracing::warn!(key = ?key, error = %e, "could not delete an abandoned waiter's key");
             }
         });
@@ -216,12 +234,13 @@ impl Recipes {
 pub struct Abandon {
     pub recipes: Arc<Recipes>,
     pub key: Option<Bytes>,
+    pub token: Token,
 }
 
 impl Drop for Abandon {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
-            self.recipes.delete_later(key);
+            self.recipes.delete_later(key, self.token.take());
         }
     }
 }

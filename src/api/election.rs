@@ -6,9 +6,10 @@
 
 use super::concurrency::{
     created_at, delete_op, first_created, first_range, get_op, key_of, prefix_of, put_op, Abandon,
-    Recipes,
+    Recipes, Token,
 };
 use super::Context;
+use crate::cluster::forward::token as token_of;
 use crate::proto::etcdserverpb::TxnRequest;
 use crate::proto::v3electionpb::election_server::Election;
 use crate::proto::v3electionpb::*;
@@ -34,15 +35,14 @@ impl ElectionService {
         &self,
         leader: &LeaderKey,
         value: &Bytes,
+        token: &Token,
     ) -> Result<crate::proto::etcdserverpb::TxnResponse, Status> {
-        let resp = self
-            .recipes
-            .txn(TxnRequest {
-                compare: vec![created_at(&leader.key, leader.rev)],
-                success: vec![put_op(&leader.key, value, leader.lease)],
-                failure: vec![],
-            })
-            .await?;
+        let t = TxnRequest {
+            compare: vec![created_at(&leader.key, leader.rev)],
+            success: vec![put_op(&leader.key, value, leader.lease)],
+            failure: vec![],
+        };
+        let resp = self.recipes.txn(t, token).await?;
         if !resp.succeeded {
             return Err(not_leader());
         }
@@ -66,18 +66,17 @@ impl Election for ElectionService {
         &self,
         r: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
+        let token = token_of(&r);
         let r = r.into_inner();
-        let lease = self.recipes.session_lease(r.lease).await?;
+        let lease = self.recipes.session_lease(r.lease, &token).await?;
         let prefix = prefix_of(&r.name);
         let key = key_of(&prefix, lease);
-        let resp = self
-            .recipes
-            .txn(TxnRequest {
-                compare: vec![created_at(&key, 0)],
-                success: vec![put_op(&key, &r.value, lease)],
-                failure: vec![get_op(&key)],
-            })
-            .await?;
+        let t = TxnRequest {
+            compare: vec![created_at(&key, 0)],
+            success: vec![put_op(&key, &r.value, lease)],
+            failure: vec![get_op(&key)],
+        };
+        let resp = self.recipes.txn(t, &token).await?;
         let mut leader = LeaderKey {
             name: r.name.clone(),
             key: key.clone(),
@@ -87,6 +86,7 @@ impl Election for ElectionService {
         let mut abandon = Abandon {
             recipes: self.recipes.clone(),
             key: Some(key.clone()),
+            token: token.clone(),
         };
         if !resp.succeeded {
             // Campaigning again with the same lease: the same candidacy, its value updated.
@@ -96,7 +96,7 @@ impl Election for ElectionService {
             };
             leader.rev = kv.create_revision;
             if kv.value != r.value {
-                self.proclaim_as(&leader, &r.value).await?;
+                self.proclaim_as(&leader, &r.value, &token).await?;
             }
         }
         self.recipes.wait_deletes(&prefix, leader.rev - 1).await;
@@ -111,17 +111,22 @@ impl Election for ElectionService {
         &self,
         r: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
+        let token = token_of(&r);
         let r = r.into_inner();
         let leader = r.leader.ok_or_else(missing_leader)?;
-        let resp = self.proclaim_as(&leader, &r.value).await?;
+        let resp = self.proclaim_as(&leader, &r.value, &token).await?;
         Ok(Response::new(ProclaimResponse {
             header: resp.header,
         }))
     }
 
     async fn leader(&self, r: Request<LeaderRequest>) -> Result<Response<LeaderResponse>, Status> {
+        let token = token_of(&r);
         let prefix = prefix_of(&r.into_inner().name);
-        let (kv, header) = self.recipes.first_created_linearizable(&prefix).await?;
+        let (kv, header) = self
+            .recipes
+            .first_created_linearizable(&prefix, &token)
+            .await?;
         let kv = kv.ok_or_else(|| Status::unknown("election: no leader"))?;
         Ok(Response::new(LeaderResponse {
             header,
@@ -137,7 +142,14 @@ impl Election for ElectionService {
         &self,
         r: Request<LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
-        let prefix = prefix_of(&r.into_inner().name);
+        let prefix = prefix_of(&r.get_ref().name);
+        if let Some(c) = self.recipes.ctx.caller(r.metadata())? {
+            c.check(
+                &prefix,
+                &super::concurrency::prefix_end(&prefix),
+                crate::auth::READ,
+            )?;
+        }
         let recipes = self.recipes.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
@@ -170,15 +182,14 @@ impl Election for ElectionService {
     }
 
     async fn resign(&self, r: Request<ResignRequest>) -> Result<Response<ResignResponse>, Status> {
+        let token = token_of(&r);
         let leader = r.into_inner().leader.ok_or_else(missing_leader)?;
-        let resp = self
-            .recipes
-            .txn(TxnRequest {
-                compare: vec![created_at(&leader.key, leader.rev)],
-                success: vec![delete_op(&leader.key)],
-                failure: vec![],
-            })
-            .await?;
+        let t = TxnRequest {
+            compare: vec![created_at(&leader.key, leader.rev)],
+            success: vec![delete_op(&leader.key)],
+            failure: vec![],
+        };
+        let resp = self.recipes.txn(t, &token).await?;
         Ok(Response::new(ResignResponse {
             header: resp.header,
         }))

@@ -3,6 +3,7 @@
 //! answered once durable.
 
 use super::{validate, Context};
+use crate::auth::{READ, WRITE};
 use crate::cluster::{forward, LeaderLink};
 use crate::log::{Request, Response};
 use crate::mvcc::{txn_all_ops, txn_is_read_only};
@@ -66,7 +67,11 @@ impl Kv for KvService {
         &self,
         request: GrpcRequest<RangeRequest>,
     ) -> Result<GrpcResponse<Self::RangeStreamStream>, Status> {
+        let caller = self.ctx.caller(request.metadata())?;
         let r = request.into_inner();
+        if let Some(c) = &caller {
+            c.check(&r.key, &r.range_end, READ)?;
+        }
         validate::range_stream(&r)?;
         let state = self.ctx.read_state(r.serializable).await?;
         let rev = state.check_revision(r.revision)?;
@@ -88,7 +93,11 @@ impl Kv for KvService {
         &self,
         request: GrpcRequest<RangeRequest>,
     ) -> Result<GrpcResponse<RangeResponse>, Status> {
+        let caller = self.ctx.caller(request.metadata())?;
         let r = request.into_inner();
+        if let Some(c) = &caller {
+            c.check(&r.key, &r.range_end, READ)?;
+        }
         validate::range(&r)?;
         let state = self.ctx.read_state(r.serializable).await?;
         let mut resp = state.range(&r, None)?;
@@ -102,11 +111,24 @@ impl Kv for KvService {
         request: GrpcRequest<PutRequest>,
     ) -> Result<GrpcResponse<PutResponse>, Status> {
         let target = self.ctx.write_target(&request)?;
+        let (caller, token) = (
+            self.ctx.caller(request.metadata())?,
+            forward::token(&request),
+        );
         let r = request.into_inner();
         validate::put(&r)?;
         self.check_size(&r)?;
+        if let Some(c) = &caller {
+            c.check(&r.key, &[], WRITE)?;
+            if r.prev_kv {
+                c.check(&r.key, &[], READ)?;
+            }
+        }
         if let Some(link) = target {
-            let answer = self.leader(&link).put(forward::outbound(r)).await;
+            let answer = self
+                .leader(&link)
+                .put(forward::outbound_with(r, token))
+                .await;
             return forward::written(&self.ctx.log, &link, answer).await;
         }
         match self.ctx.log.write(Request::Put(r)).await? {
@@ -123,11 +145,24 @@ impl Kv for KvService {
         request: GrpcRequest<DeleteRangeRequest>,
     ) -> Result<GrpcResponse<DeleteRangeResponse>, Status> {
         let target = self.ctx.write_target(&request)?;
+        let (caller, token) = (
+            self.ctx.caller(request.metadata())?,
+            forward::token(&request),
+        );
         let r = request.into_inner();
         validate::delete(&r)?;
         self.check_size(&r)?;
+        if let Some(c) = &caller {
+            c.check(&r.key, &r.range_end, WRITE)?;
+            if r.prev_kv {
+                c.check(&r.key, &r.range_end, READ)?;
+            }
+        }
         if let Some(link) = target {
-            let answer = self.leader(&link).delete_range(forward::outbound(r)).await;
+            let answer = self
+                .leader(&link)
+                .delete_range(forward::outbound_with(r, token))
+                .await;
             return forward::written(&self.ctx.log, &link, answer).await;
         }
         match self.ctx.log.write(Request::DeleteRange(r)).await? {
@@ -145,13 +180,23 @@ impl Kv for KvService {
     ) -> Result<GrpcResponse<TxnResponse>, Status> {
         // Only a transaction that writes needs the leader.
         let target = self.ctx.write_target(&request);
+        let (caller, token) = (
+            self.ctx.caller(request.metadata())?,
+            forward::token(&request),
+        );
         let t = request.into_inner();
         validate::txn(&t, self.ctx.limits.max_txn_ops)?;
         self.check_size(&t)?;
+        if let Some(c) = &caller {
+            c.check_txn(&t)?;
+        }
         let read_only = txn_is_read_only(&t);
         if !read_only {
             if let Some(link) = target? {
-                let answer = self.leader(&link).txn(forward::outbound(t)).await;
+                let answer = self
+                    .leader(&link)
+                    .txn(forward::outbound_with(t, token))
+                    .await;
                 return forward::written(&self.ctx.log, &link, answer).await;
             }
         }
@@ -179,11 +224,17 @@ impl Kv for KvService {
         &self,
         request: GrpcRequest<CompactionRequest>,
     ) -> Result<GrpcResponse<CompactionResponse>, Status> {
+        // As etcd 3.5+: compaction needs the root role while authentication is enabled.
+        self.ctx.check_admin(&request)?;
         let target = self.ctx.write_target(&request)?;
+        let token = forward::token(&request);
         let r = request.into_inner();
         let (compacted, physical) = (r.revision, r.physical);
         let answer = if let Some(link) = target {
-            let answer = self.leader(&link).compact(forward::outbound(r)).await;
+            let answer = self
+                .leader(&link)
+                .compact(forward::outbound_with(r, token))
+                .await;
             forward::written(&self.ctx.log, &link, answer).await?
         } else {
             match self.ctx.log.write(Request::Compact(r.revision)).await? {

@@ -80,9 +80,18 @@ impl Lease for LeaseService {
         &self,
         request: GrpcRequest<LeaseRevokeRequest>,
     ) -> Result<GrpcResponse<LeaseRevokeResponse>, Status> {
+        // As etcd: revoking deletes the lease's keys, so the caller must be able to write
+        // each of them.
+        if let Some(c) = self.ctx.caller(request.metadata())? {
+            let state = self.ctx.log.state();
+            for key in state.lease_keys(request.get_ref().id) {
+                c.check(key, &[], crate::auth::WRITE)?;
+            }
+        }
         if let Some(link) = self.ctx.write_target(&request)? {
+            let token = forward::token(&request);
             let answer = leader(&link)
-                .lease_revoke(forward::outbound(request.into_inner()))
+                .lease_revoke(forward::outbound_with(request.into_inner(), token))
                 .await;
             return forward::written(&self.ctx.log, &link, answer).await;
         }

@@ -29,8 +29,9 @@ impl LockService {
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, r: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        let token = crate::cluster::forward::token(&r);
         let r = r.into_inner();
-        let lease = self.recipes.session_lease(r.lease).await?;
+        let lease = self.recipes.session_lease(r.lease, &token).await?;
         let prefix = prefix_of(&r.name);
         let key = key_of(&prefix, lease);
         let t = TxnRequest {
@@ -38,7 +39,7 @@ impl Lock for LockService {
             success: vec![put_op(&key, &Bytes::new(), lease)],
             failure: vec![get_op(&key)],
         };
-        let resp = self.recipes.txn(t).await?;
+        let resp = self.recipes.txn(t, &token).await?;
         let mine = if resp.succeeded {
             resp.header.as_ref().map_or(0, |h| h.revision)
         } else {
@@ -50,6 +51,7 @@ impl Lock for LockService {
         let mut abandon = Abandon {
             recipes: self.recipes.clone(),
             key: Some(key.clone()),
+            token: token.clone(),
         };
         self.recipes.wait_deletes(&prefix, mine - 1).await;
         abandon.key = None;
@@ -64,13 +66,17 @@ impl Lock for LockService {
     }
 
     async fn unlock(&self, r: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
+        let token = crate::cluster::forward::token(&r);
         let key = r.into_inner().key;
         let resp = self
             .recipes
-            .txn(TxnRequest {
-                success: vec![delete_op(&key)],
-                ..Default::default()
-            })
+            .txn(
+                TxnRequest {
+                    success: vec![delete_op(&key)],
+                    ..Default::default()
+                },
+                &token,
+            )
             .await?;
         Ok(Response::new(UnlockResponse {
             header: resp.header,

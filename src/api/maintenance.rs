@@ -108,12 +108,16 @@ impl Maintenance for MaintenanceService {
         &self,
         _r: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        // As etcd: maintenance needs the root role while authentication is enabled.
+        self.ctx.check_admin(&_r)?;
         // Nothing to defragment: memory is freed by compaction. etcd answers without a
         // header.
         Ok(Response::new(DefragmentResponse { header: None }))
     }
 
     async fn hash(&self, _r: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        // As etcd: maintenance needs the root role while authentication is enabled.
+        self.ctx.check_admin(&_r)?;
         let state = self.ctx.log.state();
         let alarms = self.ctx.log.quota().alarmed();
         let revision = state.revision;
@@ -125,6 +129,8 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash_kv(&self, r: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        // As etcd: maintenance needs the root role while authentication is enabled.
+        self.ctx.check_admin(&r)?;
         let rev = r.into_inner().revision;
         let state = self.ctx.log.state();
         if let Some(kept) = self.ctx.log.compaction_hashes().at(rev) {
@@ -160,6 +166,8 @@ impl Maintenance for MaintenanceService {
         &self,
         _r: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        // As etcd: maintenance needs the root role while authentication is enabled.
+        self.ctx.check_admin(&_r)?;
         let state = self.ctx.log.state();
         let alarms = self.ctx.log.quota().alarmed();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -182,6 +190,8 @@ impl Maintenance for MaintenanceService {
         &self,
         r: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
+        // As etcd: maintenance needs the root role while authentication is enabled.
+        self.ctx.check_admin(&r)?;
         let target = r.into_inner().target_id;
         let node = &self.ctx.node;
         if !node.is_leading() {

@@ -32,6 +32,62 @@ pub struct Context {
     pub limits: Limits,
     pub lessor: Arc<crate::lease::Lessor>,
     pub node: Arc<crate::cluster::Node>,
+    /// The auth store of the published state, decoded once per change.
+    pub auth: Arc<arc_swap::ArcSwapOption<(bytes::Bytes, Arc<crate::auth::AuthStore>)>>,
+}
+
+/// Who makes a request while authentication is enabled.
+pub struct Caller {
+    pub user: String,
+    pub store: Arc<crate::auth::AuthStore>,
+}
+
+impl Caller {
+    /// etcd's check of `need` (auth::READ or auth::WRITE) on a key or range.
+    pub fn check(&self, key: &[u8], range_end: &[u8], need: i32) -> Result<(), Status> {
+        if self.store.permits(&self.user, key, range_end, need) {
+            Ok(())
+        } else {
+            Err(crate::auth::AuthError::PermissionDenied.into())
+        }
+    }
+
+    pub fn check_admin(&self) -> Result<(), Status> {
+        if self.store.is_admin(&self.user) {
+            Ok(())
+        } else {
+            Err(crate::auth::AuthError::PermissionDenied.into())
+        }
+    }
+
+    /// A transaction's comparisons are reads; its operations as each would be alone.
+    pub fn check_txn(&self, t: &crate::proto::etcdserverpb::TxnRequest) -> Result<(), Status> {
+        use crate::auth::{READ, WRITE};
+        use crate::proto::etcdserverpb::request_op::Request as Op;
+        for c in &t.compare {
+            self.check(&c.key, &c.range_end, READ)?;
+        }
+        for op in t.success.iter().chain(&t.failure) {
+            match &op.request {
+                Some(Op::RequestRange(r)) => self.check(&r.key, &r.range_end, READ)?,
+                Some(Op::RequestPut(r)) => {
+                    self.check(&r.key, &[], WRITE)?;
+                    if r.prev_kv {
+                        self.check(&r.key, &[], READ)?;
+                    }
+                }
+                Some(Op::RequestDeleteRange(r)) => {
+                    self.check(&r.key, &r.range_end, WRITE)?;
+                    if r.prev_kv {
+                        self.check(&r.key, &r.range_end, READ)?;
+                    }
+                }
+                Some(Op::RequestTxn(t)) => self.check_txn(t)?,
+                None => {}
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Identity reported in headers and by Cluster/Maintenance.
@@ -56,6 +112,8 @@ pub struct Limits {
     pub quota_backend_bytes: i64,
     /// `--max-watchers-per-stream` (Netsy's; default 10,000).
     pub max_watchers_per_stream: usize,
+    /// `--auth-token-ttl` (default 300 s): how long an auth token lives.
+    pub auth_token_ttl: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -65,6 +123,7 @@ impl Default for Limits {
             max_txn_ops: 128,
             quota_backend_bytes: crate::log::DEFAULT_QUOTA_BYTES,
             max_watchers_per_stream: 10_000,
+            auth_token_ttl: std::time::Duration::from_secs(300),
         }
     }
 }
@@ -78,6 +137,69 @@ impl Context {
             revision,
             raft_term: self.ids.term.load(std::sync::atomic::Ordering::Relaxed),
         })
+    }
+
+    /// The auth store the published state holds (None: no user was ever added).
+    pub fn auth_store(&self) -> Result<Option<Arc<crate::auth::AuthStore>>, Status> {
+        let state = self.log.state();
+        let encoded = state.auth();
+        if encoded.is_empty() {
+            return Ok(None);
+        }
+        if let Some(cached) = self.auth.load().as_ref() {
+            if cached.0 == *encoded {
+                return Ok(Some(cached.1.clone()));
+            }
+        }
+        let store = Arc::new(crate::auth::AuthStore::decode(encoded)?);
+        self.auth
+            .store(Some(Arc::new((encoded.clone(), store.clone()))));
+        Ok(Some(store))
+    }
+
+    /// Who makes a request, by its token, while authentication is enabled (None when it is
+    /// not). Without a token: etcd's "user name is empty"; with a bad or expired one:
+    /// "invalid auth token", which clients answer by authenticating again.
+    pub fn caller(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<Option<Caller>, Status> {
+        let Some(store) = self.auth_store()? else {
+            return Ok(None);
+        };
+        if !store.enabled {
+            return Ok(None);
+        }
+        let token = metadata
+            .get(crate::cluster::forward::TOKEN_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(crate::auth::AuthError::UserEmpty)?;
+        let user = store.verify(token, crate::clock::now_ms() as u64)?;
+        Ok(Some(Caller { user, store }))
+    }
+
+    /// Checks `need` on a key or range for the caller of a request (nothing while
+    /// authentication is disabled).
+    pub fn check<T>(
+        &self,
+        request: &tonic::Request<T>,
+        key: &[u8],
+        range_end: &[u8],
+        need: i32,
+    ) -> Result<(), Status> {
+        match self.caller(request.metadata())? {
+            Some(c) => c.check(key, range_end, need),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks that the caller holds the root role (nothing while authentication is
+    /// disabled).
+    pub fn check_admin<T>(&self, request: &tonic::Request<T>) -> Result<(), Status> {
+        match self.caller(request.metadata())? {
+            Some(c) => c.check_admin(),
+            None => Ok(()),
+        }
     }
 
     /// Where a write or lease call goes: None to this node's own log (it leads), else the
@@ -251,9 +373,14 @@ impl From<crate::auth::AuthError> for Status {
     fn from(e: crate::auth::AuthError) -> Self {
         use crate::auth::AuthError::*;
         let code = match e {
-            UserEmpty | RoleEmpty | PermissionNotGiven | InvalidAuthMgmt => Code::InvalidArgument,
+            UserEmpty | RoleEmpty | PermissionNotGiven | InvalidAuthMgmt | AuthFailed => {
+                Code::InvalidArgument
+            }
             UserAlreadyExists | UserNotFound | RoleAlreadyExists | RoleNotFound
-            | RoleNotGranted | PermissionNotGranted | NotEnabled => Code::FailedPrecondition,
+            | RoleNotGranted | PermissionNotGranted | NotEnabled | RootUserNotExist
+            | RootRoleNotExist => Code::FailedPrecondition,
+            PermissionDenied => Code::PermissionDenied,
+            InvalidToken => Code::Unauthenticated,
             Corrupt(_) => Code::Internal,
         };
         Status::new(code, e.to_string())

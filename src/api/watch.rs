@@ -55,10 +55,12 @@ impl Watch for WatchService {
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let require_leader = super::requires_leader(request.metadata().as_ref());
+        let metadata = request.metadata().clone();
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
         let stream = StreamTask {
             ctx: self.ctx.clone(),
+            metadata,
             tx,
             watchers: BTreeMap::new(),
             next_id: 0,
@@ -79,6 +81,8 @@ impl Watch for WatchService {
 
 struct StreamTask {
     ctx: Context,
+    /// The stream's metadata: its auth token, checked at each watch it creates.
+    metadata: tonic::metadata::MetadataMap,
     tx: mpsc::Sender<Result<WatchResponse, Status>>,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
@@ -210,7 +214,21 @@ impl StreamTask {
             }
             self.next_id
         };
-        let refused = if self.watchers.contains_key(&id) {
+        // As etcd: a watch the caller may not read is refused (any auth failure is this).
+        let permitted = || {
+            let key: &[u8] = if c.key.is_empty() { b"\0" } else { &c.key };
+            match self.ctx.caller(&self.metadata) {
+                Ok(None) => true,
+                Ok(Some(caller)) => caller.check(key, &c.range_end, crate::auth::READ).is_ok(),
+                Err(_) => false,
+            }
+        };
+        let refused = if !permitted() {
+            Some(
+                "rpc error: code = PermissionDenied desc = etcdserver: permission denied"
+                    .to_string(),
+            )
+        } else if self.watchers.contains_key(&id) {
             Some("mvcc: duplicate watch ID provided on the WatchStream".to_string())
         } else if self.watchers.len() >= self.ctx.limits.max_watchers_per_stream {
             // etcd has no such bound; every watcher costs the stream memory and wake-ups.

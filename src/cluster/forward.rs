@@ -119,6 +119,28 @@ pub fn is_forwarded<T>(request: &tonic::Request<T>) -> bool {
     request.metadata().contains_key(FORWARDED_HEADER)
 }
 
+/// Where etcd clients put their auth token.
+pub const TOKEN_HEADER: &str = "token";
+
+/// The caller's auth token, to forward with its request: the leader checks it again.
+pub fn token<T>(
+    request: &tonic::Request<T>,
+) -> Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
+    request.metadata().get(TOKEN_HEADER).cloned()
+}
+
+/// A request to send to the leader on behalf of the caller whose token this is.
+pub fn outbound_with<T>(
+    message: T,
+    token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+) -> tonic::Request<T> {
+    let mut r = outbound(message);
+    if let Some(t) = token {
+        r.metadata_mut().insert(TOKEN_HEADER, t);
+    }
+    r
+}
+
 /// A request to send to the leader.
 pub fn outbound<T>(message: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);

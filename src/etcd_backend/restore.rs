@@ -39,9 +39,8 @@ pub struct Restored {
     pub entries: u64,
     /// The storage version `meta` records (etcd 3.6+), if any.
     pub storage_version: Option<String>,
-    /// The etcd had authentication enabled. Netsy keeps its users and roles but cannot
-    /// enforce them yet, so the restored store has authentication disabled.
-    pub auth_was_enabled: bool,
+    /// The etcd had authentication enabled (and so has the restored store).
+    pub auth_enabled: bool,
 }
 
 /// etcd's test for a streamed snapshot's trailer: the database is whole pages, the trailer
@@ -204,8 +203,12 @@ pub fn read(db: &[u8], mut progress: impl FnMut(u64)) -> Result<Restored, Restor
         &entries_of(schema::AUTH_ROLES)?,
     )
     .map_err(RestoreError::NotEtcd)?;
-    let auth_was_enabled = auth.enabled;
-    auth.enabled = false;
+    let auth_enabled = auth.enabled;
+    if auth.enabled && auth.token_key.is_empty() {
+        // Tokens are Netsy's own: a new signing key (etcd's tokens never outlive a restore).
+        let key: [u8; 32] = rand::random();
+        auth.token_key = key.iter().map(|b| format!("{b:02x}")).collect();
+    }
     if auth.users.is_empty() && auth.roles.is_empty() && auth.revision <= 1 {
         // A store that never had users: nothing to record.
     } else {
@@ -218,7 +221,7 @@ pub fn read(db: &[u8], mut progress: impl FnMut(u64)) -> Result<Restored, Restor
         state,
         entries,
         storage_version,
-        auth_was_enabled,
+        auth_enabled,
     })
 }
 
