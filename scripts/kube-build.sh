@@ -7,10 +7,11 @@
 #                                            (tests/kube/go.mod, tests/kube/k8s-1.34.mod)
 #   scripts/kube-build.sh refs              etcd, etcdctl, etcdutl (go.etcd.io/etcd 3.7) and
 #                                            kine (tests/refs/go.mod)
-#   scripts/kube-build.sh refs-3.6          etcd, etcdctl, etcdutl 3.6 (tests/refs/etcd-3.6.mod):
-#                                            the migration suite restores its snapshots
+#   scripts/kube-build.sh refs-3.6          etcd, etcdctl, etcdutl 3.6 (tests/refs/etcd-3.6.mod)
+#   scripts/kube-build.sh refs-3.5          and 3.5 (etcd-3.5.mod): the migration suite
+#                                            restores their snapshots, and they Netsy's
 #
-# Binaries land in target/kube/<1.37|1.34|refs|refs-3.6>/ and are rebuilt only when the module file
+# Binaries land in target/kube/<1.37|1.34|refs|refs-3.5|refs-3.6>/ and are rebuilt only when the module file
 # (or its go.sum) changed. The directory is printed on stdout.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -34,13 +35,13 @@ case "$what" in
     out=$here/target/kube/refs
     pkgs=(./cmd/etcd go.etcd.io/etcd/etcdctl/v3 go.etcd.io/etcd/etcdutl/v3 github.com/k3s-io/kine)
     ;;
-  refs-3.6)
+  refs-3.5|refs-3.6)
     dir=$here/tests/refs
-    modfile=$dir/etcd-3.6.mod
-    out=$here/target/kube/refs-3.6
+    modfile=$dir/etcd-${what#refs-}.mod
+    out=$here/target/kube/$what
     pkgs=(./cmd/etcd go.etcd.io/etcd/etcdctl/v3 go.etcd.io/etcd/etcdutl/v3)
     ;;
-  *) echo "kube-build: build k8s [VERSION], refs or refs-3.6" >&2; exit 2 ;;
+  *) echo "kube-build: build k8s [VERSION], refs, refs-3.5 or refs-3.6" >&2; exit 2 ;;
 esac
 stamp=$out/.built-from
 want=$(cat "$modfile" "${modfile%.mod}.sum" | sha256sum | cut -c1-16)

@@ -58,11 +58,14 @@ echo "test.sh: the etcd comparisons again with etcd and etcdctl 3.7 ($refs)" >&2
 NETSY_TEST_ETCD=$refs/etcd NETSY_TEST_ETCDCTL=$refs/etcdctl \
   cargo test --test differential --test etcdctl --test limits --test migration --test auth \
   --test concurrency -- "$@"
-# Snapshots both ways with etcd 3.6 too (its etcdutl restores Netsy's; Netsy restores its).
-refs36=$(scripts/kube-build.sh refs-3.6)
-echo "test.sh: migration to and from etcd 3.6 ($refs36)" >&2
-NETSY_TEST_ETCD=$refs36/etcd NETSY_TEST_ETCDCTL=$refs36/etcdctl \
-  cargo test --test migration -- "$@"
+# Snapshots both ways with etcd 3.5 and 3.6 too (their etcdutl restores Netsy's; Netsy
+# restores theirs).
+for v in 3.5 3.6; do
+  refsv=$(scripts/kube-build.sh "refs-$v")
+  echo "test.sh: migration to and from etcd $v ($refsv)" >&2
+  NETSY_TEST_ETCD=$refsv/etcd NETSY_TEST_ETCDCTL=$refsv/etcdctl \
+    cargo test --test migration -- "$@"
+done
 # Two etcd client libraries' own suites (etcd-client, aetcd) against etcd 3.7 and Netsy:
 # every test that passes on etcd must pass on Netsy.
 echo "test.sh: client libraries' own suites (scripts/client-suites.sh)" >&2

@@ -308,22 +308,7 @@ async fn every_endpoint_form_works() {
     .await;
     let (etcd, etcd_sock) = Etcd::start_with_socket().await;
     let snap = dir.path().join("s.db");
-    let snap = snap.to_str().unwrap();
-    let commands: &[&[&str]] = &[
-        &["put", "k", "v"],
-        &["get", "k"],
-        &["endpoint", "status"],
-        &["endpoint", "status", "-w", "table"],
-        &["endpoint", "status", "--cluster"],
-        &["endpoint", "health"],
-        &["endpoint", "health", "--cluster"],
-        &["endpoint", "hashkv"],
-        &["member", "list"],
-        &["alarm", "list"],
-        &["defrag"],
-        &["snapshot", "save", snap],
-        &["lock", "mylock", "echo", "held"],
-    ];
+    let commands = common::endpoint_commands(snap.to_str().unwrap());
     let forms = [
         (etcd.addr.clone(), netsy.addr.clone()),
         (
@@ -337,7 +322,9 @@ async fn every_endpoint_form_works() {
     ];
     let mut checked = 0;
     for (etcd_ep, netsy_ep) in &forms {
-        for args in commands {
+        for args in &commands {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let args = args.as_slice();
             let e = etcdctl(etcd_ep, args, None);
             let n = etcdctl(netsy_ep, args, None);
             let stderr = String::from_utf8_lossy(&n.stderr);

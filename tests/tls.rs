@@ -319,3 +319,32 @@ async fn a_follower_reaches_the_leader_over_mutual_tls() {
     assert!(ok, "{err}");
     assert_eq!(out.lines().collect::<Vec<_>>(), ["via-follower", "v"]);
 }
+
+/// Every command of the endpoint-form suite (`etcdctl`'s) over `https://` endpoints, against
+/// an etcd and a Netsy serving TLS with the same certificate: each answers as etcd's does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_answers_over_https_as_with_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = certs(&dir.path().join("a"));
+    let (cert, key, ca) = (
+        p(&a, "server.pem"),
+        p(&a, "server-key.pem"),
+        p(&a, "ca.pem"),
+    );
+    let store = dir.path().join("data");
+    let (n, _) = start_tls(
+        store.to_str().unwrap(),
+        &["--cert-file", &cert, "--key-file", &key],
+    )
+    .await;
+    let etcd = common::Etcd::start_tls(&cert, &key).await;
+    let snap = dir.path().join("s.db");
+    for args in common::endpoint_commands(snap.to_str().unwrap()) {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, out, err) = etcdctl_tls(&etcd.addr, &ca, None, &args);
+        assert!(ok, "etcd: etcdctl {args:?} over https://: {out}{err}");
+        let (ok, out, err) = etcdctl_tls(&n.addr, &ca, None, &args);
+        assert!(ok, "netsy: etcdctl {args:?} over https://: {out}{err}");
+        assert!(!err.contains("PROTOCOL_ERROR"), "{err}");
+    }
+}

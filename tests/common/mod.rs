@@ -295,6 +295,33 @@ impl Drop for Netsy {
     }
 }
 
+/// Marks [`Etcd::launch_at`]'s TLS mode (no socket path starts with NUL).
+const TLS: &str = "\u{0}tls";
+
+/// The etcdctl commands every endpoint form must answer as etcd does (`snapshot` is where
+/// `snapshot save` writes).
+pub fn endpoint_commands(snapshot: &str) -> Vec<Vec<String>> {
+    let commands: &[&[&str]] = &[
+        &["put", "k", "v"],
+        &["get", "k"],
+        &["endpoint", "status"],
+        &["endpoint", "status", "-w", "table"],
+        &["endpoint", "status", "--cluster"],
+        &["endpoint", "health"],
+        &["endpoint", "health", "--cluster"],
+        &["endpoint", "hashkv"],
+        &["member", "list"],
+        &["alarm", "list"],
+        &["defrag"],
+        &["snapshot", "save", snapshot],
+        &["lock", "mylock", "echo", "held"],
+    ];
+    commands
+        .iter()
+        .map(|c| c.iter().map(|s| s.to_string()).collect())
+        .collect()
+}
+
 /// A real etcd ([`etcd_bin`]: the Debian `etcd-server` package, 3.4, or 3.7) on free
 /// loopback ports.
 pub struct Etcd {
@@ -316,6 +343,16 @@ impl Etcd {
     /// and the peer URL of the member named `diff`), e.g. by restoring a snapshot.
     pub async fn launch(extra: &[&str], prepare: impl Fn(&std::path::Path, &str)) -> Etcd {
         Self::launch_at(extra, None, prepare).await
+    }
+
+    /// An etcd serving TLS (no client certificates) with `cert`, `key` on its client URL.
+    pub async fn start_tls(cert: &str, key: &str) -> Etcd {
+        Self::launch_at(
+            &["--cert-file", cert, "--key-file", key],
+            Some("\u{0}tls"),
+            |_, _| {},
+        )
+        .await
     }
 
     /// An etcd that also listens on a Unix socket, named as etcd 3.4 requires
@@ -358,11 +395,15 @@ impl Etcd {
                     dir.path().join("data").to_str().unwrap(),
                     "--listen-client-urls",
                     &match unix {
+                        Some(TLS) => format!("https://{addr}"),
                         Some(path) => format!("http://{addr},unix://{path}"),
                         None => format!("http://{addr}"),
                     },
                     "--advertise-client-urls",
-                    &format!("http://{addr}"),
+                    &format!(
+                        "{}://{addr}",
+                        if unix == Some(TLS) { "https" } else { "http" }
+                    ),
                     "--listen-peer-urls",
                     &format!("http://127.0.0.1:{peer}"),
                     "--initial-advertise-peer-urls",
@@ -392,7 +433,15 @@ impl Etcd {
                     eprintln!("etcd exited ({status}) at start, retrying: {tail:?}");
                     break;
                 }
-                if let Ok(mut c) = etcd_client::Client::connect([e.addr.as_str()], None).await {
+                if unix == Some(TLS) {
+                    // The plain client cannot probe TLS: etcd answers once its port does.
+                    if tokio::net::TcpStream::connect(&e.addr).await.is_ok() {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        return e;
+                    }
+                } else if let Ok(mut c) =
+                    etcd_client::Client::connect([e.addr.as_str()], None).await
+                {
                     if c.get("probe", None).await.is_ok() {
                         return e;
                     }
