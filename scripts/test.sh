@@ -5,11 +5,14 @@
 # when an engine answers); etcd 3.4 + etcdctl, curl and openssl (Debian packages
 # etcd-server, etcd-client, curl, openssl: the etcdctl, differential and TLS tests); and
 # just and cargo-fuzz (cargo install --locked). Builds from Go modules (Go 1.26+ must be
-# there): etcd 3.7, etcdctl, etcdutl and kine (tests/refs), and kube-apiserver,
-# kube-controller-manager, kube-scheduler and kubectl 1.37 (tests/kube), once per module
-# file, into target/kube. Then starts LocalStack, and runs cargo fmt --check, clippy with
-# -D warnings, every test (unit tests, and behaviour tests against the real binary,
-# LocalStack and etcd 3.4), the etcd comparisons again against etcd 3.7, Kubernetes'
+# there): etcd 3.7, etcdctl, etcdutl and kine (tests/refs), etcd 3.5 and 3.6 with their
+# etcdctl and etcdutl, and kube-apiserver, kube-controller-manager, kube-scheduler and
+# kubectl 1.37 (tests/kube), once per module file, into target/kube. Then starts
+# LocalStack, and runs cargo fmt --check, clippy with -D warnings, every test (unit tests,
+# and behaviour tests against the real binary, LocalStack and etcd 3.4), the etcd
+# comparisons again against etcd 3.7, snapshots to and from etcd 3.5 and 3.6, two etcd
+# client libraries' own suites against etcd 3.7 and Netsy (scripts/client-suites.sh;
+# aetcd and pytest into a venv under ~/.cache/netsy), Kubernetes'
 # storage suites (1.37 and 1.34, and 1.37 through a follower), a 1.37 control plane on
 # Netsy, three nodes failing over under load (tests/robustness), and each fuzz target for
 # 30 s.
