@@ -412,7 +412,7 @@ impl AuthStore {
             .and_then(|u| u.password.clone())
             .unwrap_or_default();
         let d = sha2::Sha256::digest(hash.as_bytes());
-        d[..8].iter().map(|b| format!("{b:02x}")).collect()
+        hex(&d[..8])
     }
 
     fn sign(&self, body: &str) -> String {
@@ -420,12 +420,18 @@ impl AuthStore {
         let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(self.token_key.as_bytes())
             .expect("HMAC takes any key length");
         mac.update(body.as_bytes());
-        mac.finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        hex(&mac.finalize().into_bytes())
     }
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A fresh key to sign tokens with.
+pub fn new_token_key() -> String {
+    hex(&rand::random::<[u8; 32]>())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -102,8 +102,7 @@ impl Auth for AuthService {
         r: Request<AuthEnableRequest>,
     ) -> Result<Response<AuthEnableResponse>, Status> {
         forwarded!(self, r, auth_enable);
-        let key: [u8; 32] = rand::random();
-        let token_key = key.iter().map(|b| format!("{b:02x}")).collect();
+        let token_key = crate::auth::new_token_key();
         let revision = self.change(Change::Enable { token_key }).await?;
         let header = self.ctx.header(revision);
         Ok(forward::marked(

@@ -11,6 +11,7 @@
 
 use super::bolt::{BoltError, Db};
 use super::schema::{self, LeaseRecord};
+use crate::auth::hex;
 use crate::mvcc::{Lease, State};
 use crate::proto::netsy::Record;
 use crate::store::ObjectStore;
@@ -69,10 +70,6 @@ pub fn verified(data: &[u8], skip_hash_check: bool) -> Result<&[u8], RestoreErro
         }
     }
     Ok(db)
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Reads the database `db` (without trailer). `progress` is called every so many entries
@@ -206,8 +203,7 @@ pub fn read(db: &[u8], mut progress: impl FnMut(u64)) -> Result<Restored, Restor
     let auth_enabled = auth.enabled;
     if auth.enabled && auth.token_key.is_empty() {
         // Tokens are Netsy's own: a new signing key (etcd's tokens never outlive a restore).
-        let key: [u8; 32] = rand::random();
-        auth.token_key = key.iter().map(|b| format!("{b:02x}")).collect();
+        auth.token_key = crate::auth::new_token_key();
     }
     if auth.users.is_empty() && auth.roles.is_empty() && auth.revision <= 1 {
         // A store that never had users: nothing to record.
