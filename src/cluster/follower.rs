@@ -38,6 +38,10 @@ const TAIL_BUDGET: Duration = Duration::from_secs(1);
 /// Between attempts to find and reach a leader.
 const RETRY: Duration = Duration::from_millis(500);
 
+/// Looks at the bucket after a stream broke, for a chunk its leader landed as it died.
+const LATE_LOOKS: usize = 3;
+const LATE_LOOK_EVERY: Duration = Duration::from_millis(200);
+
 #[derive(Debug, thiserror::Error)]
 pub enum FollowError {
     #[error(transparent)]
@@ -209,6 +213,20 @@ pub async fn run(
             // busy leader, whose stream (and its backlog) would bring the rest at once.
             if let Err(e) = read_chunks(&log, &store, cluster_id, None, Some(TAIL_BUDGET)).await {
                 tracing::warn!(error = %e, "reading the bucket's newest chunks failed");
+            }
+            // A leader killed mid-PUT may land its last chunk a moment after its stream
+            // broke. Finding it at once (rather than after the next attempt to reach the
+            // leader, which a node restarted on its port keeps waiting for a second) starts
+            // the contenders' wait from then: a late find restarts it, a whole lease later.
+            for _ in 0..LATE_LOOKS {
+                tokio::select! {
+                    _ = tokio::time::sleep(LATE_LOOK_EVERY) => {}
+                    _ = stop.cancelled() => return,
+                }
+                if let Err(e) = read_chunks(&log, &store, cluster_id, None, Some(TAIL_BUDGET)).await
+                {
+                    tracing::warn!(error = %e, "reading the bucket's newest chunks failed");
+                }
             }
         }
         tokio::select! {
