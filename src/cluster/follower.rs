@@ -125,15 +125,17 @@ async fn read_chunks(
     }
 }
 
-/// Reads the bucket's newest chunks while no leader streams them; says when it found any
-/// (each restarts the contenders' wait).
-async fn tail(log: &Log, store: &DynStore, cluster_id: u64) {
+/// Reads the bucket's newest chunks while no leader streams them; says when it found any.
+/// Each restarts the contenders' wait, from now: their own look would notice the new
+/// position only when it wakes, a whole lease later than it moved.
+async fn tail(node: &Node, log: &Log, store: &DynStore, cluster_id: u64) {
     let before = log.next_position();
     if let Err(e) = read_chunks(log, store, cluster_id, None, Some(TAIL_BUDGET)).await {
         tracing::warn!(error = %e, "reading the bucket's newest chunks failed");
     }
     let after = log.next_position();
     if after != before {
+        node.contention.observe(None);
         tracing::info!(from = %before, to = %after, "read chunks no leader streamed");
     }
 }
@@ -224,7 +226,7 @@ pub async fn run(
             // the bucket, which this node then reads. For a while only, then it tries the
             // leader again: read one GET at a time, the bucket may never run out under a
             // busy leader, whose stream (and its backlog) would bring the rest at once.
-            tail(&log, &store, cluster_id).await;
+            tail(&node, &log, &store, cluster_id).await;
             // A leader killed mid-PUT may land its last chunk a moment after its stream
             // broke. Finding it at once (rather than after the next attempt to reach the
             // leader, which a node restarted on its port keeps waiting for a second) starts
@@ -234,7 +236,7 @@ pub async fn run(
                     _ = tokio::time::sleep(LATE_LOOK_EVERY) => {}
                     _ = stop.cancelled() => return,
                 }
-                tail(&log, &store, cluster_id).await;
+                tail(&node, &log, &store, cluster_id).await;
             }
         }
         tokio::select! {
