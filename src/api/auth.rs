@@ -11,6 +11,7 @@ use crate::proto::authpb;
 use crate::proto::etcdserverpb::auth_client::AuthClient;
 use crate::proto::etcdserverpb::auth_server::Auth;
 use crate::proto::etcdserverpb::*;
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 /// etcd's default `--bcrypt-cost`.
@@ -34,9 +35,13 @@ impl AuthService {
     }
 
     /// The store as of a linearizable read.
-    async fn store(&self) -> Result<(AuthStore, i64), Status> {
+    async fn store(&self) -> Result<(Arc<AuthStore>, i64), Status> {
         let state = self.ctx.read_state(false).await?;
-        Ok((AuthStore::decode(state.auth())?, state.revision))
+        let store = match self.ctx.auth_store_in(&state)? {
+            Some(store) => store,
+            None => Arc::new(AuthStore::decode(&[])?),
+        };
+        Ok((store, state.revision))
     }
 }
 

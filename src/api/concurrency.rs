@@ -8,7 +8,7 @@
 
 use super::kv::KvService;
 use super::Context;
-use crate::mvcc::{KeyRange, State};
+use crate::mvcc::{prefix_end, KeyRange, State};
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::{
     compare, request_op, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
@@ -21,32 +21,15 @@ use tonic::{Request, Status};
 
 /// The caller's auth token, carried into the recipes' own KV requests so they are checked
 /// as the caller's.
-pub type Token = Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>;
+pub use crate::cluster::forward::Token;
 
 fn as_caller<T>(message: T, token: &Token) -> Request<T> {
-    let mut r = Request::new(message);
-    if let Some(t) = token {
-        r.metadata_mut()
-            .insert(crate::cluster::forward::TOKEN_HEADER, t.clone());
-    }
-    r
+    crate::cluster::forward::with_token(Request::new(message), token.clone())
 }
 
 pub struct Recipes {
     pub ctx: Context,
     kv: KvService,
-}
-
-/// The end of the range of keys starting with `prefix`.
-pub fn prefix_end(prefix: &[u8]) -> Bytes {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end.into();
-        }
-    }
-    Bytes::from_static(&[0])
 }
 
 /// `name/`, the prefix of an election's or a lock's keys.
@@ -78,7 +61,7 @@ pub fn put_op(key: &Bytes, value: &Bytes, lease: i64) -> RequestOp {
     }))
 }
 
-pub fn get_op(key: &Bytes) -> RequestOp {
+fn get_op(key: &Bytes) -> RequestOp {
     op(request_op::Request::RequestRange(RangeRequest {
         key: key.clone(),
         ..Default::default()
@@ -106,7 +89,7 @@ pub fn created_at(key: &Bytes, rev: i64) -> crate::proto::etcdserverpb::Compare 
 }
 
 /// The first (range) response of a transaction's branch.
-pub fn first_range(resp: &TxnResponse) -> Vec<KeyValue> {
+fn first_range(resp: &TxnResponse) -> Vec<KeyValue> {
     match resp.responses.first().and_then(|r| r.response.as_ref()) {
         Some(crate::proto::etcdserverpb::response_op::Response::ResponseRange(r)) => r.kvs.clone(),
         _ => vec![],
@@ -115,11 +98,22 @@ pub fn first_range(resp: &TxnResponse) -> Vec<KeyValue> {
 
 /// The live key under `prefix` created first (the owner, the leader), at the head.
 pub fn first_created(state: &State, prefix: &[u8]) -> Option<KeyValue> {
-    let range = KeyRange::new(Bytes::copy_from_slice(prefix), prefix_end(prefix));
+    let range = KeyRange::prefix(prefix);
     state
         .live_in(&range, state.revision)
         .min_by_key(|(_, v)| v.create_revision)
         .map(|(k, v)| v.to_kv(k, false))
+}
+
+/// What [`Recipes::claim`] found.
+pub struct Claim {
+    /// Whether the key was put now (else it existed).
+    pub created: bool,
+    pub header: Option<crate::proto::etcdserverpb::ResponseHeader>,
+    /// The key's create revision: its place in line.
+    pub rev: i64,
+    /// The key as it was, when it existed.
+    pub existing: Option<KeyValue>,
 }
 
 impl Recipes {
@@ -152,6 +146,48 @@ impl Recipes {
 
     pub async fn txn(&self, t: TxnRequest, token: &Token) -> Result<TxnResponse, Status> {
         Ok(self.kv.txn(as_caller(t, token)).await?.into_inner())
+    }
+
+    /// The recipes' first step: puts `value` under `key` with `lease` unless the key exists
+    /// (the same lock or candidacy asked for again), and learns its create revision.
+    pub async fn claim(
+        &self,
+        key: &Bytes,
+        value: &Bytes,
+        lease: i64,
+        token: &Token,
+    ) -> Result<Claim, Status> {
+        let t = TxnRequest {
+            compare: vec![created_at(key, 0)],
+            success: vec![put_op(key, value, lease)],
+            failure: vec![get_op(key)],
+        };
+        let resp = self.txn(t, token).await?;
+        let existing = if resp.succeeded {
+            None
+        } else {
+            first_range(&resp).into_iter().next()
+        };
+        let rev = match &existing {
+            Some(kv) => kv.create_revision,
+            None if resp.succeeded => resp.header.as_ref().map_or(0, |h| h.revision),
+            None => 0,
+        };
+        Ok(Claim {
+            created: resp.succeeded,
+            header: resp.header,
+            rev,
+            existing,
+        })
+    }
+
+    /// Deletes `key` (an unlock, an abandoned waiter's key).
+    pub async fn delete(&self, key: &Bytes, token: &Token) -> Result<TxnResponse, Status> {
+        let t = TxnRequest {
+            success: vec![delete_op(key)],
+            ..Default::default()
+        };
+        self.txn(t, token).await
     }
 
     /// A linearizable read of the first-created key under `prefix`, and the header.
@@ -188,7 +224,7 @@ impl Recipes {
     /// Waits until no live key under `prefix` has a create revision at or below
     /// `max_create` (etcd's `waitDeletes`).
     pub async fn wait_deletes(&self, prefix: &[u8], max_create: i64) {
-        let range = KeyRange::new(Bytes::copy_from_slice(prefix), prefix_end(prefix));
+        let range = KeyRange::prefix(prefix);
         let mut head = self.ctx.log.subscribe();
         loop {
             let state = self.ctx.log.state();
@@ -218,11 +254,7 @@ impl Recipes {
     pub fn delete_later(self: &Arc<Self>, key: Bytes, token: Token) {
         let this = self.clone();
         tokio::spawn(async move {
-            let t = TxnRequest {
-                success: vec![delete_op(&key)],
-                ..Default::default()
-            };
-            if let Err(e) = this.txn(t, &token).await {
+            if let Err(e) = this.delete(&key, &token).await {
                 tracing::warn!(key = ?key, error = %e, "could not delete an abandoned waiter's key");
             }
         });
@@ -253,7 +285,5 @@ mod tests {
     fn keys_and_prefixes_as_etcd_names_them() {
         assert_eq!(prefix_of(b"lock"), Bytes::from_static(b"lock/"));
         assert_eq!(key_of(b"lock/", 0x694d), Bytes::from_static(b"lock/694d"));
-        assert_eq!(prefix_end(b"a/"), Bytes::from_static(b"a0"));
-        assert_eq!(prefix_end(b"a\xff"), Bytes::from_static(b"b"));
     }
 }

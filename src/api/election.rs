@@ -5,8 +5,7 @@
 //! `concurrency.Election`; a leader that loses its lease loses the election.
 
 use super::concurrency::{
-    created_at, delete_op, first_created, first_range, get_op, key_of, prefix_of, put_op, Abandon,
-    Recipes, Token,
+    created_at, delete_op, first_created, key_of, prefix_of, put_op, Abandon, Recipes, Token,
 };
 use super::Context;
 use crate::cluster::forward::token as token_of;
@@ -71,16 +70,11 @@ impl Election for ElectionService {
         let lease = self.recipes.session_lease(r.lease, &token).await?;
         let prefix = prefix_of(&r.name);
         let key = key_of(&prefix, lease);
-        let t = TxnRequest {
-            compare: vec![created_at(&key, 0)],
-            success: vec![put_op(&key, &r.value, lease)],
-            failure: vec![get_op(&key)],
-        };
-        let resp = self.recipes.txn(t, &token).await?;
-        let mut leader = LeaderKey {
+        let claim = self.recipes.claim(&key, &r.value, lease, &token).await?;
+        let leader = LeaderKey {
             name: r.name.clone(),
             key: key.clone(),
-            rev: resp.header.as_ref().map_or(0, |h| h.revision),
+            rev: claim.rev,
             lease,
         };
         let mut abandon = Abandon {
@@ -88,13 +82,11 @@ impl Election for ElectionService {
             key: Some(key.clone()),
             token: token.clone(),
         };
-        if !resp.succeeded {
+        if !claim.created {
             // Campaigning again with the same lease: the same candidacy, its value updated.
-            let existing = first_range(&resp);
-            let Some(kv) = existing.first() else {
+            let Some(kv) = claim.existing else {
                 return Err(not_leader());
             };
-            leader.rev = kv.create_revision;
             if kv.value != r.value {
                 self.proclaim_as(&leader, &r.value, &token).await?;
             }
@@ -102,7 +94,7 @@ impl Election for ElectionService {
         self.recipes.wait_deletes(&prefix, leader.rev - 1).await;
         abandon.key = None;
         Ok(Response::new(CampaignResponse {
-            header: resp.header,
+            header: claim.header,
             leader: Some(leader),
         }))
     }
@@ -146,7 +138,7 @@ impl Election for ElectionService {
         if let Some(c) = self.recipes.ctx.caller(r.metadata())? {
             c.check(
                 &prefix,
-                &super::concurrency::prefix_end(&prefix),
+                &crate::mvcc::prefix_end(&prefix),
                 crate::auth::READ,
             )?;
         }

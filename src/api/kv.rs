@@ -3,7 +3,7 @@
 //! answered once durable.
 
 use super::{validate, Context};
-use crate::auth::{READ, WRITE};
+use crate::auth::READ;
 use crate::cluster::{forward, LeaderLink};
 use crate::log::{Request, Response};
 use crate::mvcc::{txn_all_ops, txn_is_read_only};
@@ -119,10 +119,7 @@ impl Kv for KvService {
         validate::put(&r)?;
         self.check_size(&r)?;
         if let Some(c) = &caller {
-            c.check(&r.key, &[], WRITE)?;
-            if r.prev_kv {
-                c.check(&r.key, &[], READ)?;
-            }
+            c.check_put(&r)?;
         }
         if let Some(link) = target {
             let answer = self
@@ -153,10 +150,7 @@ impl Kv for KvService {
         validate::delete(&r)?;
         self.check_size(&r)?;
         if let Some(c) = &caller {
-            c.check(&r.key, &r.range_end, WRITE)?;
-            if r.prev_kv {
-                c.check(&r.key, &r.range_end, READ)?;
-            }
+            c.check_delete(&r)?;
         }
         if let Some(link) = target {
             let answer = self

@@ -3,11 +3,8 @@
 //! older one to go, as etcd's server does with its `concurrency.Mutex`. A lock lives as
 //! long as its lease, so a crashed holder frees it when the lease expires.
 
-use super::concurrency::{
-    created_at, delete_op, first_range, get_op, key_of, prefix_of, put_op, Abandon, Recipes,
-};
+use super::concurrency::{key_of, prefix_of, Abandon, Recipes};
 use super::Context;
-use crate::proto::etcdserverpb::TxnRequest;
 use crate::proto::v3lockpb::lock_server::Lock;
 use crate::proto::v3lockpb::*;
 use bytes::Bytes;
@@ -34,19 +31,11 @@ impl Lock for LockService {
         let lease = self.recipes.session_lease(r.lease, &token).await?;
         let prefix = prefix_of(&r.name);
         let key = key_of(&prefix, lease);
-        let t = TxnRequest {
-            compare: vec![created_at(&key, 0)],
-            success: vec![put_op(&key, &Bytes::new(), lease)],
-            failure: vec![get_op(&key)],
-        };
-        let resp = self.recipes.txn(t, &token).await?;
-        let mine = if resp.succeeded {
-            resp.header.as_ref().map_or(0, |h| h.revision)
-        } else {
-            first_range(&resp)
-                .first()
-                .map_or(0, |kv| kv.create_revision)
-        };
+        let mine = self
+            .recipes
+            .claim(&key, &Bytes::new(), lease, &token)
+            .await?
+            .rev;
         // From here until the lock is held, a request cut short gives its place up.
         let mut abandon = Abandon {
             recipes: self.recipes.clone(),
@@ -68,16 +57,7 @@ impl Lock for LockService {
     async fn unlock(&self, r: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
         let token = crate::cluster::forward::token(&r);
         let key = r.into_inner().key;
-        let resp = self
-            .recipes
-            .txn(
-                TxnRequest {
-                    success: vec![delete_op(&key)],
-                    ..Default::default()
-                },
-                &token,
-            )
-            .await?;
+        let resp = self.recipes.delete(&key, &token).await?;
         Ok(Response::new(UnlockResponse {
             header: resp.header,
         }))

@@ -106,18 +106,18 @@ impl Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _r: Request<DefragmentRequest>,
+        r: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
         // As etcd: maintenance needs the root role while authentication is enabled.
-        self.ctx.check_admin(&_r)?;
+        self.ctx.check_admin(&r)?;
         // Nothing to defragment: memory is freed by compaction. etcd answers without a
         // header.
         Ok(Response::new(DefragmentResponse { header: None }))
     }
 
-    async fn hash(&self, _r: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, r: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         // As etcd: maintenance needs the root role while authentication is enabled.
-        self.ctx.check_admin(&_r)?;
+        self.ctx.check_admin(&r)?;
         let state = self.ctx.log.state();
         let alarms = self.ctx.log.quota().alarmed();
         let revision = state.revision;
@@ -141,11 +141,7 @@ impl Maintenance for MaintenanceService {
                 hash_revision: kept.revision,
             }));
         }
-        // etcd reports -1 until its first compaction.
-        let compact_revision = match state.compact_revision {
-            0 => -1,
-            c => c,
-        };
+        let compact_revision = hash::reported_compact_revision(state.compact_revision);
         let head = state.revision;
         let (hash, hash_revision) =
             blocking(move || hash::hash_kv(&state, rev).map_err(Status::from)).await?;
@@ -164,10 +160,10 @@ impl Maintenance for MaintenanceService {
     /// `snapshot restore` checks. Served from this node's state, leader or follower.
     async fn snapshot(
         &self,
-        _r: Request<SnapshotRequest>,
+        r: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         // As etcd: maintenance needs the root role while authentication is enabled.
-        self.ctx.check_admin(&_r)?;
+        self.ctx.check_admin(&r)?;
         let state = self.ctx.log.state();
         let alarms = self.ctx.log.quota().alarmed();
         let (tx, rx) = tokio::sync::mpsc::channel(4);

@@ -60,28 +60,38 @@ impl Caller {
         }
     }
 
+    /// A put writes its key, and reads it too when it asks for the previous value.
+    pub fn check_put(&self, r: &crate::proto::etcdserverpb::PutRequest) -> Result<(), Status> {
+        self.check(&r.key, &[], crate::auth::WRITE)?;
+        if r.prev_kv {
+            self.check(&r.key, &[], crate::auth::READ)?;
+        }
+        Ok(())
+    }
+
+    /// A delete writes its range, and reads it too when it asks for the previous values.
+    pub fn check_delete(
+        &self,
+        r: &crate::proto::etcdserverpb::DeleteRangeRequest,
+    ) -> Result<(), Status> {
+        self.check(&r.key, &r.range_end, crate::auth::WRITE)?;
+        if r.prev_kv {
+            self.check(&r.key, &r.range_end, crate::auth::READ)?;
+        }
+        Ok(())
+    }
+
     /// A transaction's comparisons are reads; its operations as each would be alone.
     pub fn check_txn(&self, t: &crate::proto::etcdserverpb::TxnRequest) -> Result<(), Status> {
-        use crate::auth::{READ, WRITE};
         use crate::proto::etcdserverpb::request_op::Request as Op;
         for c in &t.compare {
-            self.check(&c.key, &c.range_end, READ)?;
+            self.check(&c.key, &c.range_end, crate::auth::READ)?;
         }
         for op in t.success.iter().chain(&t.failure) {
             match &op.request {
-                Some(Op::RequestRange(r)) => self.check(&r.key, &r.range_end, READ)?,
-                Some(Op::RequestPut(r)) => {
-                    self.check(&r.key, &[], WRITE)?;
-                    if r.prev_kv {
-                        self.check(&r.key, &[], READ)?;
-                    }
-                }
-                Some(Op::RequestDeleteRange(r)) => {
-                    self.check(&r.key, &r.range_end, WRITE)?;
-                    if r.prev_kv {
-                        self.check(&r.key, &r.range_end, READ)?;
-                    }
-                }
+                Some(Op::RequestRange(r)) => self.check(&r.key, &r.range_end, crate::auth::READ)?,
+                Some(Op::RequestPut(r)) => self.check_put(r)?,
+                Some(Op::RequestDeleteRange(r)) => self.check_delete(r)?,
                 Some(Op::RequestTxn(t)) => self.check_txn(t)?,
                 None => {}
             }
@@ -141,7 +151,14 @@ impl Context {
 
     /// The auth store the published state holds (None: no user was ever added).
     pub fn auth_store(&self) -> Result<Option<Arc<crate::auth::AuthStore>>, Status> {
-        let state = self.log.state();
+        self.auth_store_in(&self.log.state())
+    }
+
+    /// The auth store `state` holds, decoded once per change of it.
+    pub fn auth_store_in(
+        &self,
+        state: &mvcc::State,
+    ) -> Result<Option<Arc<crate::auth::AuthStore>>, Status> {
         let encoded = state.auth();
         if encoded.is_empty() {
             return Ok(None);
@@ -176,21 +193,6 @@ impl Context {
             .ok_or(crate::auth::AuthError::UserEmpty)?;
         let user = store.verify(token, crate::clock::now_ms() as u64)?;
         Ok(Some(Caller { user, store }))
-    }
-
-    /// Checks `need` on a key or range for the caller of a request (nothing while
-    /// authentication is disabled).
-    pub fn check<T>(
-        &self,
-        request: &tonic::Request<T>,
-        key: &[u8],
-        range_end: &[u8],
-        need: i32,
-    ) -> Result<(), Status> {
-        match self.caller(request.metadata())? {
-            Some(c) => c.check(key, range_end, need),
-            None => Ok(()),
-        }
     }
 
     /// Checks that the caller holds the root role (nothing while authentication is

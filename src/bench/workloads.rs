@@ -77,12 +77,6 @@ fn key(prefix: &str, i: usize) -> Bytes {
     Bytes::from(format!("{prefix}{i:08}"))
 }
 
-fn prefix_end(prefix: &str) -> Vec<u8> {
-    let mut end = prefix.as_bytes().to_vec();
-    *end.last_mut().expect("non-empty prefix") += 1;
-    end
-}
-
 /// A value of `size` bytes that does not compress (as real objects mostly do not at 4 KiB
 /// granularity), starting with the send time in microseconds since the epoch.
 fn value(size: usize, pattern: &Bytes) -> Bytes {
@@ -369,7 +363,7 @@ pub(super) async fn run(
                 let r = kv
                     .range(RangeRequest {
                         key: Bytes::from(prefix.to_string()),
-                        range_end: Bytes::from(prefix_end(prefix)),
+                        range_end: crate::mvcc::prefix_end(prefix.as_bytes()),
                         ..Default::default()
                     })
                     .await?;
@@ -427,7 +421,7 @@ pub(super) async fn run(
             load(&chans, prefix, count, o.clients, &pattern, size).await;
             let (start, end) = (
                 Bytes::from(prefix.to_string()),
-                Bytes::from(prefix_end(prefix)),
+                crate::mvcc::prefix_end(prefix.as_bytes()),
             );
             started = Instant::now();
             timed(&chans, o.clients, o.duration, move |mut kv, _c, _i| {
@@ -523,7 +517,7 @@ async fn watch(
             request_union: Some(watch_request::RequestUnion::CreateRequest(
                 WatchCreateRequest {
                     key: Bytes::from(prefix.to_string()),
-                    range_end: Bytes::from(prefix_end(prefix)),
+                    range_end: crate::mvcc::prefix_end(prefix.as_bytes()),
                     ..Default::default()
                 },
             )),

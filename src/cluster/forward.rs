@@ -122,23 +122,25 @@ pub fn is_forwarded<T>(request: &tonic::Request<T>) -> bool {
 /// Where etcd clients put their auth token.
 pub const TOKEN_HEADER: &str = "token";
 
+/// A caller's auth token, if it sent one.
+pub type Token = Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>;
+
 /// The caller's auth token, to forward with its request: the leader checks it again.
-pub fn token<T>(
-    request: &tonic::Request<T>,
-) -> Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
+pub fn token<T>(request: &tonic::Request<T>) -> Token {
     request.metadata().get(TOKEN_HEADER).cloned()
 }
 
-/// A request to send to the leader on behalf of the caller whose token this is.
-pub fn outbound_with<T>(
-    message: T,
-    token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
-) -> tonic::Request<T> {
-    let mut r = outbound(message);
+/// `request`, made on behalf of the caller whose token this is.
+pub fn with_token<T>(mut request: tonic::Request<T>, token: Token) -> tonic::Request<T> {
     if let Some(t) = token {
-        r.metadata_mut().insert(TOKEN_HEADER, t);
+        request.metadata_mut().insert(TOKEN_HEADER, t);
     }
-    r
+    request
+}
+
+/// A request to send to the leader on behalf of the caller whose token this is.
+pub fn outbound_with<T>(message: T, token: Token) -> tonic::Request<T> {
+    with_token(outbound(message), token)
 }
 
 /// A request to send to the leader.

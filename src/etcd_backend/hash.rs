@@ -6,6 +6,26 @@
 use super::schema;
 use crate::mvcc::{Error, State};
 
+/// A compacted revision as etcd reports it: -1 until the first compaction.
+pub fn reported_compact_revision(compact_revision: i64) -> i64 {
+    match compact_revision {
+        0 => -1,
+        c => c,
+    }
+}
+
+/// The `meta` entries etcd's backend hash leaves out (they differ between members for
+/// reasons no user controls): consistent index, term, storage version.
+pub fn ignored(bucket: &[u8], key: &[u8]) -> bool {
+    bucket == schema::META
+        && [
+            schema::TERM,
+            schema::CONSISTENT_INDEX,
+            schema::STORAGE_VERSION_KEY,
+        ]
+        .contains(&key)
+}
+
 /// HashKV at `rev` (0: the head), as etcd's `kvHasher`: CRC-32C of the bucket name, then of
 /// each `key` bucket entry up to `rev`. Entries at or below the compacted revision count
 /// only while they are the newest live version of their key at `rev` (unless no key is live

@@ -68,14 +68,7 @@ mod tests {
                     let kv = schema::decode_key_value(v).unwrap();
                     assert!(tomb || kv.mod_revision == main);
                 }
-                let ignored = name == schema::META
-                    && [
-                        schema::TERM,
-                        schema::CONSISTENT_INDEX,
-                        schema::STORAGE_VERSION_KEY,
-                    ]
-                    .contains(&k);
-                if !ignored {
+                if !hash::ignored(&name, k) {
                     h = crc32c::crc32c_append(h, k);
                     h = crc32c::crc32c_append(h, v);
                 }

@@ -52,10 +52,8 @@ impl CompactionHashes {
         let this = self.clone();
         handle.unwrap().spawn_blocking(move || {
             if let Ok((hash, revision)) = crate::etcd_backend::hash::hash_kv(&before, compacted) {
-                let compact_revision = match before.compact_revision {
-                    0 => -1,
-                    c => c,
-                };
+                let compact_revision =
+                    crate::etcd_backend::hash::reported_compact_revision(before.compact_revision);
                 let mut kept = this.kept.lock().unwrap();
                 kept.push_back(KvHash {
                     hash,

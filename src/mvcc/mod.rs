@@ -22,7 +22,7 @@ mod txn;
 mod tests;
 
 pub use key::Key;
-pub use range::{has_revision_filters, key_in_range, KeyRange};
+pub use range::{has_revision_filters, key_in_range, prefix_end, KeyRange};
 pub use txn::{txn_all_ops, txn_is_read_only, Evaluated, TxnEval};
 
 use crate::proto::mvccpb;

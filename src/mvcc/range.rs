@@ -14,7 +14,25 @@ pub struct KeyRange {
     pub end: Bytes,
 }
 
+/// The end of the range of keys starting with `prefix` (etcd's `WithPrefix`): the prefix
+/// with its last byte below 0xff incremented, or `\0` (every key) when there is none.
+pub fn prefix_end(prefix: &[u8]) -> Bytes {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end.into();
+        }
+    }
+    Bytes::from_static(&[0])
+}
+
 impl KeyRange {
+    /// Every key starting with `prefix`.
+    pub fn prefix(prefix: &[u8]) -> Self {
+        Self::new(Bytes::copy_from_slice(prefix), prefix_end(prefix))
+    }
+
     pub fn new(key: Bytes, range_end: Bytes) -> Self {
         Self {
             start: key,
@@ -206,4 +224,18 @@ pub(super) fn live_keys(
         .iter(keys)
         .filter_map(|(k, h)| h.live_at(rev).map(|v| (k.clone(), v.clone())))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_ends_as_etcds() {
+        assert_eq!(prefix_end(b"a/"), Bytes::from_static(b"a0"));
+        assert_eq!(prefix_end(b"a\xff"), Bytes::from_static(b"b"));
+        assert_eq!(prefix_end(b"\xff\xff"), Bytes::from_static(b"\0"));
+        assert!(KeyRange::prefix(b"a/").contains(b"a/x"));
+        assert!(!KeyRange::prefix(b"a/").contains(b"a0"));
+    }
 }
