@@ -295,8 +295,16 @@ impl Drop for Netsy {
     }
 }
 
-/// Marks [`Etcd::launch_at`]'s TLS mode (no socket path starts with NUL).
-const TLS: &str = "\u{0}tls";
+/// How [`Etcd::launch_at`] serves clients besides its TCP port.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Clients<'a> {
+    /// Plain HTTP on the port.
+    Plain,
+    /// Plain HTTP on the port and on this Unix socket (`unix://` name).
+    AndSocket(&'a str),
+    /// TLS on the port (the certificate files are in `extra`).
+    Tls,
+}
 
 /// The etcdctl commands every endpoint form must answer as etcd does (`snapshot` is where
 /// `snapshot save` writes).
@@ -342,14 +350,14 @@ impl Etcd {
     /// An etcd started on a data dir that `prepare` fills first (given the data dir's path
     /// and the peer URL of the member named `diff`), e.g. by restoring a snapshot.
     pub async fn launch(extra: &[&str], prepare: impl Fn(&std::path::Path, &str)) -> Etcd {
-        Self::launch_at(extra, None, prepare).await
+        Self::launch_at(extra, Clients::Plain, prepare).await
     }
 
     /// An etcd serving TLS (no client certificates) with `cert`, `key` on its client URL.
     pub async fn start_tls(cert: &str, key: &str) -> Etcd {
         Self::launch_at(
             &["--cert-file", cert, "--key-file", key],
-            Some("\u{0}tls"),
+            Clients::Tls,
             |_, _| {},
         )
         .await
@@ -360,14 +368,14 @@ impl Etcd {
     /// returns it and the socket's absolute path, which clients dial as `unix://PATH`.
     pub async fn start_with_socket() -> (Etcd, String) {
         let name = format!("localhost:{}", free_port());
-        let etcd = Self::launch_at(&[], Some(&name), |_, _| {}).await;
+        let etcd = Self::launch_at(&[], Clients::AndSocket(&name), |_, _| {}).await;
         let path = etcd._dir.path().join(&name).display().to_string();
         (etcd, path)
     }
 
     async fn launch_at(
         extra: &[&str],
-        unix: Option<&str>,
+        clients: Clients<'_>,
         prepare: impl Fn(&std::path::Path, &str),
     ) -> Etcd {
         // Ports are picked free, then bound by etcd: another test may take one in between
@@ -394,15 +402,19 @@ impl Etcd {
                     "--data-dir",
                     dir.path().join("data").to_str().unwrap(),
                     "--listen-client-urls",
-                    &match unix {
-                        Some(TLS) => format!("https://{addr}"),
-                        Some(path) => format!("http://{addr},unix://{path}"),
-                        None => format!("http://{addr}"),
+                    &match clients {
+                        Clients::Tls => format!("https://{addr}"),
+                        Clients::AndSocket(path) => format!("http://{addr},unix://{path}"),
+                        Clients::Plain => format!("http://{addr}"),
                     },
                     "--advertise-client-urls",
                     &format!(
                         "{}://{addr}",
-                        if unix == Some(TLS) { "https" } else { "http" }
+                        if clients == Clients::Tls {
+                            "https"
+                        } else {
+                            "http"
+                        }
                     ),
                     "--listen-peer-urls",
                     &format!("http://127.0.0.1:{peer}"),
@@ -433,7 +445,7 @@ impl Etcd {
                     eprintln!("etcd exited ({status}) at start, retrying: {tail:?}");
                     break;
                 }
-                if unix == Some(TLS) {
+                if clients == Clients::Tls {
                     // The plain client cannot probe TLS: etcd answers once its port does.
                     if tokio::net::TcpStream::connect(&e.addr).await.is_ok() {
                         tokio::time::sleep(Duration::from_millis(500)).await;
