@@ -1,6 +1,6 @@
 //! Reads an etcd snapshot (or a data dir's `member/snap/db`) into a state: every revision
-//! the `key` bucket retains, with its sub-revision, the compacted revision from `meta`, and
-//! the leases. `netsy snapshot restore` writes that state as a Netsy snapshot, so a Netsy
+//! the `key` bucket retains, with its sub-revision, the compacted revision from `meta`, the
+//! leases, and the users and roles (authentication stays enabled if it was). `netsy snapshot restore` writes that state as a Netsy snapshot, so a Netsy
 //! started on it answers as the etcd did: same head revision, same ranges at every retained
 //! revision, same watch history, same HashKV.
 //!
