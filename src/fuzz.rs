@@ -30,6 +30,8 @@ pub fn decode_file(data: &[u8]) {
         compact_revision: file.header.compact_revision,
         revision: file.header.revision,
         cluster_id: file.header.cluster_id,
+        previous_crc: file.header.previous_crc,
+        pending: (file.header.pending_revision, file.header.pending_seq),
     };
     let mut records = file.records.clone();
     if let Ok(bytes) = format::encode(kind, &meta, &mut records) {

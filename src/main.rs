@@ -102,6 +102,13 @@ struct S3Args {
     /// Role to assume through STS on top of the default credential chain.
     #[arg(long, env = "NETSY_S3_ASSUME_ROLE_ARN")]
     s3_assume_role_arn: Option<String>,
+    /// Testing and benchmarks only: milliseconds added to every store request (25 is about
+    /// S3 Standard's PUT, 5 S3 Express One Zone's), so a local store answers like S3.
+    #[arg(long, env = "NETSY_STORE_LATENCY_MS", default_value_t = 0.0)]
+    store_latency_ms: f64,
+    /// Testing and benchmarks only: up to this many milliseconds more, drawn per request.
+    #[arg(long, env = "NETSY_STORE_JITTER_MS", default_value_t = 0.0)]
+    store_jitter_ms: f64,
 }
 
 #[derive(Args)]
@@ -288,6 +295,9 @@ struct ServeArgs {
     /// Extra wait before cutting a commit batch, in milliseconds (fewer PUTs, more latency).
     #[arg(long, env = "NETSY_COMMIT_WINDOW_MS", default_value_t = 0)]
     commit_window_ms: u64,
+    /// Most chunk PUTs in flight at once (pipelined commits; 1: one at a time).
+    #[arg(long, env = "NETSY_MAX_CHUNKS_IN_FLIGHT", default_value_t = netsy::log::writer::DEFAULT_IN_FLIGHT)]
+    max_chunks_in_flight: usize,
     /// Most records in one chunk.
     #[arg(long, env = "NETSY_MAX_BATCH_RECORDS", default_value_t = 10_000)]
     max_batch_records: usize,
@@ -371,6 +381,17 @@ impl S3Args {
             ..Default::default()
         }
     }
+
+    fn store_options(&self) -> StoreOptions {
+        let ms = |v: f64| Duration::from_secs_f64(v.max(0.0) / 1000.0);
+        StoreOptions {
+            s3: self.options(),
+            latency: netsy::store::latency::LatencySpec {
+                base: ms(self.store_latency_ms),
+                jitter: ms(self.store_jitter_ms),
+            },
+        }
+    }
 }
 
 impl ServeArgs {
@@ -440,7 +461,10 @@ impl ServeArgs {
             listen_metrics_addr: self.listen_metrics_addr,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_seconds),
             store,
-            store_options: StoreOptions { s3 },
+            store_options: StoreOptions {
+                s3,
+                latency: self.s3.store_options().latency,
+            },
             listen_client_addr: self.listen_client_addr,
             listen_client_urls: self.listen_client_urls,
             advertise_client_urls: self.advertise_client_urls,
@@ -450,6 +474,7 @@ impl ServeArgs {
                 leader_id: self.name,
                 max_batch_records: self.max_batch_records,
                 commit_window: Duration::from_millis(self.commit_window_ms),
+                max_in_flight: self.max_chunks_in_flight.max(1),
                 ..Default::default()
             },
             limits: netsy::api::Limits {
@@ -651,7 +676,7 @@ async fn restore_snapshot(
         state.keys_count(),
         state.leases().count()
     );
-    let store = netsy::store::open(store, &StoreOptions { s3: s3.options() }).await?;
+    let store = netsy::store::open(store, &s3.store_options()).await?;
     let key = restore::write(store.as_ref(), state).await?;
     println!(
         "restored {} into {} ({key}) in {:.1} s",

@@ -73,6 +73,11 @@ pub enum Workload {
     Mixed,
     /// Load --memory-keys keys of --memory-value-size bytes; resident memory growth per key.
     Memory,
+    /// Kubernetes-shaped: the clients update shared objects as GuaranteedUpdate does (CAS on
+    /// mod_revision, retried from the current object on a conflict), while 4 watch streams
+    /// with prev_kv (kube-apiserver's watch caches) follow the prefix and one client lists
+    /// it in pages of 500; acknowledged writes/s.
+    Kubernetes,
 }
 
 impl Workload {
@@ -86,6 +91,7 @@ impl Workload {
             Workload::Watch => "watch",
             Workload::Mixed => "mixed",
             Workload::Memory => "memory",
+            Workload::Kubernetes => "kubernetes",
         }
     }
 }

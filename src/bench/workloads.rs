@@ -445,6 +445,81 @@ pub(super) async fn run(
             .await
         }
         Workload::Watch => return watch(target, &chans, o, prefix, &pattern).await,
+        Workload::Kubernetes => {
+            let objects = 1000;
+            load(&chans, prefix, objects, o.clients, &pattern, size).await;
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let background = kubernetes_readers(&chans, prefix, stop.clone());
+            let (prefix_owned, pattern) = (prefix.to_string(), pattern.clone());
+            started = Instant::now();
+            let t = timed(&chans, o.clients, o.duration, move |mut kv, _c, _i| {
+                let (prefix, pattern) = (prefix_owned.clone(), pattern.clone());
+                async move {
+                    let k = key(&prefix, rand::random::<u64>() as usize % objects);
+                    // GuaranteedUpdate: read the object (kube-apiserver's cache would
+                    // hold it), then compare-and-swap, retrying from what a conflict
+                    // returns.
+                    let r = kv
+                        .range(RangeRequest {
+                            key: k.clone(),
+                            serializable: true,
+                            ..Default::default()
+                        })
+                        .await?;
+                    let mut last = r.get_ref().kvs.first().map_or(0, |kv| kv.mod_revision);
+                    for _ in 0..16 {
+                        let r = kv
+                            .txn(TxnRequest {
+                                compare: vec![Compare {
+                                    result: compare::CompareResult::Equal as i32,
+                                    target: compare::CompareTarget::Mod as i32,
+                                    key: k.clone(),
+                                    target_union: Some(compare::TargetUnion::ModRevision(last)),
+                                    ..Default::default()
+                                }],
+                                success: vec![RequestOp {
+                                    request: Some(request_op::Request::RequestPut(PutRequest {
+                                        key: k.clone(),
+                                        value: value(size, &pattern),
+                                        ..Default::default()
+                                    })),
+                                }],
+                                failure: vec![RequestOp {
+                                    request: Some(request_op::Request::RequestRange(
+                                        RangeRequest {
+                                            key: k.clone(),
+                                            ..Default::default()
+                                        },
+                                    )),
+                                }],
+                            })
+                            .await?
+                            .into_inner();
+                        if r.succeeded {
+                            return Ok(header_rev(&r.header));
+                        }
+                        last = r
+                            .responses
+                            .first()
+                            .and_then(|op| match &op.response {
+                                Some(crate::proto::etcdserverpb::response_op::Response::ResponseRange(rr)) => {
+                                    rr.kvs.first().map(|kv| kv.mod_revision)
+                                }
+                                _ => None,
+                            })
+                            .unwrap_or(0);
+                    }
+                    Err(tonic::Status::aborted("16 conflicts in a row"))
+                }
+            })
+            .await;
+            stop.store(true, Ordering::Relaxed);
+            let (events, lists) = background.await;
+            let secs = started.elapsed().as_secs_f64();
+            extra.insert("watch_events_per_sec".into(), events as f64 / secs);
+            extra.insert("lists_per_sec".into(), lists as f64 / secs);
+            t
+        }
         Workload::Memory => {
             let (keys, size) = (o.memory_keys.max(1), o.memory_value_size);
             let pattern: Bytes = (0..size.max(8))
@@ -477,7 +552,10 @@ pub(super) async fn run(
     };
     let elapsed = started.elapsed();
     let (ops, errors, lat, _) = merge(tallies);
-    if matches!(workload, Workload::Put | Workload::Mixed | Workload::Txn) {
+    if matches!(
+        workload,
+        Workload::Put | Workload::Mixed | Workload::Txn | Workload::Kubernetes
+    ) {
         let after = scrape(&target.endpoint).await;
         let writes = if workload == Workload::Mixed {
             ops / 10
@@ -490,6 +568,94 @@ pub(super) async fn run(
     Ok(Outcome::new(
         target, workload, o.clients, ops, elapsed, lat, errors, extra,
     ))
+}
+
+/// The Kubernetes workload's readers until `stop`: 4 watch streams with prev_kv on the
+/// prefix (counting events) and one client listing it in pages of 500. Returns (events,
+/// lists).
+fn kubernetes_readers(
+    chans: &[Channel],
+    prefix: &str,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> impl std::future::Future<Output = (u64, u64)> {
+    let (start, end) = (
+        Bytes::from(prefix.to_string()),
+        crate::mvcc::prefix_end(prefix.as_bytes()),
+    );
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let mut client =
+            WatchClient::new(chans[w % chans.len()].clone()).max_decoding_message_size(usize::MAX);
+        let create = WatchRequest {
+            request_union: Some(watch_request::RequestUnion::CreateRequest(
+                WatchCreateRequest {
+                    key: start.clone(),
+                    range_end: end.clone(),
+                    prev_kv: true,
+                    ..Default::default()
+                },
+            )),
+        };
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            let _ = tx.send(create).await;
+            let Ok(stream) = client
+                .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+            else {
+                return 0;
+            };
+            let mut stream = stream.into_inner();
+            let mut events = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                match tokio::time::timeout(Duration::from_millis(200), stream.message()).await {
+                    Ok(Ok(Some(m))) => events += m.events.len() as u64,
+                    Ok(_) => break,
+                    Err(_) => {}
+                }
+            }
+            events
+        }));
+    }
+    let mut lister = kv(chans, 0);
+    let lists = tokio::spawn(async move {
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let mut from = start.clone();
+            loop {
+                let Ok(r) = lister
+                    .range(RangeRequest {
+                        key: from.clone(),
+                        range_end: end.clone(),
+                        limit: 500,
+                        ..Default::default()
+                    })
+                    .await
+                else {
+                    return n;
+                };
+                let r = r.into_inner();
+                match (r.more, r.kvs.last()) {
+                    (true, Some(last)) => {
+                        let mut k = last.key.to_vec();
+                        k.push(0);
+                        from = k.into();
+                    }
+                    _ => break,
+                }
+            }
+            n += 1;
+        }
+        n
+    });
+    async move {
+        let mut events = 0;
+        for t in tasks {
+            events += t.await.unwrap_or(0);
+        }
+        (events, lists.await.unwrap_or(0))
+    }
 }
 
 /// W watch streams on the prefix, `clients` writers putting for the duration; then every

@@ -48,6 +48,10 @@ pub enum FollowError {
     Recovery(#[from] RecoveryError),
     #[error("{0}")]
     Protocol(String),
+    /// The object at the next position does not follow this node's last chunk: one a
+    /// failed pipelined commit left behind, which the leader deletes before it writes there.
+    #[error("{0} does not follow the last chunk applied")]
+    NotNext(String),
 }
 
 impl From<StoreError> for FollowError {
@@ -80,7 +84,11 @@ pub fn apply_chunk(
         )));
     }
     let mut state = (*log.state()).clone();
+    if !recovery::continues(&file.header, state.chain.last) {
+        return Err(FollowError::NotNext(key.to_string()));
+    }
     apply_records(&mut state, key, file.records)?;
+    state.chain.applied(format::crc64(&data), after.seq == 0);
     log.publish(state, after);
     log.remember(Committed { position, data });
     Ok(())
@@ -115,10 +123,12 @@ async fn read_chunks(
         }
         let key = chunk_key(next);
         match store.get(&key).await {
-            Ok(obj) => {
-                apply_chunk(log, &key, next, obj.data, cluster_id)?;
-                applied("bucket");
-            }
+            Ok(obj) => match apply_chunk(log, &key, next, obj.data, cluster_id) {
+                Ok(()) => applied("bucket"),
+                // Not written yet, as far as the log goes.
+                Err(FollowError::NotNext(_)) => return Ok(target.is_none()),
+                Err(e) => return Err(e),
+            },
             Err(StoreError::NotFound { .. }) => return Ok(target.is_none()),
             Err(e) => return Err(e.into()),
         }

@@ -128,6 +128,12 @@ pub struct FileMeta {
     pub revision: i64,
     /// The writing cluster's id (0: none).
     pub cluster_id: u64,
+    /// CRC-64 of the previous chunk's whole object (snapshots: of the chunk that wrote
+    /// their revision); 0: not known.
+    pub previous_crc: u64,
+    /// Chunks only: the first earlier log position not yet durable when the chunk was sent,
+    /// as (revision, seq); (0, 0): none.
+    pub pending: (i64, u32),
 }
 
 /// Encodes a file. Sets every record's `crc` and the footer's CRCs and revision range.
@@ -268,6 +274,9 @@ impl Encoder {
             compact_revision: self.meta.compact_revision,
             revision: self.meta.revision,
             cluster_id: self.meta.cluster_id,
+            previous_crc: self.meta.previous_crc,
+            pending_revision: self.meta.pending.0,
+            pending_seq: self.meta.pending.1,
         };
         header.crc = crc64(&header.encode_to_vec());
         let header = header.encode_length_delimited_to_vec();

@@ -408,6 +408,9 @@ fn the_go_reader_accepts_chunks_and_snapshots_we_write() {
             seconds: 1_751_371_200,
             nanos: 0,
         }),
+        // The fields that chain pipelined chunks are unknown to the Go reader.
+        previous_crc: 0xfeed_beef_0123_4567,
+        pending: (48, 2),
         ..Default::default()
     };
     // A compressed chunk, a plain one, a control-only one, and a snapshot.

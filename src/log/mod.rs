@@ -16,7 +16,7 @@ pub mod leader;
 mod recent;
 pub mod recovery;
 pub mod snapshot;
-pub(crate) mod writer;
+pub mod writer;
 
 pub use writer::{run_writer, WriterConfig, WriterExit};
 
@@ -369,6 +369,7 @@ impl Log {
             self.compaction_hashes
                 .compacted(before.clone(), state.compact_revision);
         }
+        state.inherit_shared(&before);
         state.set_published_after(before.revision);
         let rev = state.revision;
         self.state.store(Arc::new(state));

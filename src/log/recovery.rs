@@ -64,6 +64,9 @@ pub struct Recovered {
     /// When the loaded snapshot was stored (the store's modification time, Unix ms).
     pub snapshot_stored_ms: Option<i64>,
     pub chunks: usize,
+    /// Chunks a pipelined commit left behind, never acknowledged, skipped (see
+    /// [`is_orphan`]): the next leader deletes them.
+    pub orphans: Vec<String>,
     pub records: u64,
     pub bytes: u64,
     pub elapsed: Duration,
@@ -247,6 +250,11 @@ fn finish_snapshot(
     }
     state.revision = revision;
     state.compact(header.compact_revision);
+    // The chunk at the position after the snapshot names the one that wrote its revision.
+    state.chain = mvcc::Chain {
+        last: header.previous_crc,
+        at_revision: header.previous_crc,
+    };
     Ok((state, revision))
 }
 
@@ -279,6 +287,25 @@ pub(crate) fn chunk_position(
         let at = Position::new(file.footer.last_revision + 1, seq);
         Ok((at, Position::new(at.revision, seq + 1)))
     }
+}
+
+/// Whether a chunk that does not continue the log is one a pipelined commit left behind:
+/// it was sent while an earlier chunk was not yet durable (`pending_revision` set), and the
+/// chunk it names as its predecessor is not in the log (`chain` holds the CRC of every
+/// chunk replayed, and of the one a snapshot names). Such a chunk was never acknowledged:
+/// a leader acknowledges a chunk only after every chunk before it is durable, and a durable
+/// chunk stays in the log. Its key may even be reused by the chunk that is in the log there
+/// after a new leader deleted it. Anything else that does not fit is corruption.
+pub(crate) fn is_orphan(header: &FileHeader, chain: &std::collections::HashSet<u64>) -> bool {
+    header.pending_revision != 0
+        && header.previous_crc != 0
+        && !chain.contains(&header.previous_crc)
+}
+
+/// Whether a chunk at the log position `expected` continues a log whose last chunk has CRC
+/// `last` (either 0: not recorded, so not checked).
+pub(crate) fn continues(header: &FileHeader, last: u64) -> bool {
+    header.previous_crc == 0 || last == 0 || header.previous_crc == last
 }
 
 /// Rebuilds the state from `store`, accepting objects of any one cluster.
@@ -380,7 +407,7 @@ pub async fn recover_cluster(
             let obj = store.get(&key).await?;
             let size = obj.data.len() as u64;
             let (key, file) = tokio::task::spawn_blocking(move || {
-                let file = format::decode(&key, &obj.data);
+                let file = format::decode(&key, &obj.data).map(|f| (f, format::crc64(&obj.data)));
                 (key, file)
             })
             .await
@@ -396,6 +423,13 @@ pub async fn recover_cluster(
     let mut next: Option<Position> = base.as_ref().map(|(_, rev, _)| Position::new(rev + 1, 0));
     // The state is built on a thread of its own, fed in log order, so that applying one
     // chunk (the critical path) overlaps with fetching, decoding and checking the next ones.
+    let mut last_crc = base.as_ref().map_or(0, |(state, _, _)| state.chain.last);
+    let mut chain: std::collections::HashSet<u64> =
+        [last_crc].into_iter().filter(|c| *c != 0).collect();
+    let mut orphans = Vec::new();
+    let mut at_revision_crc = base
+        .as_ref()
+        .map_or(0, |(state, _, _)| state.chain.at_revision);
     let mut applier: Option<Applier> = base.map(|(state, _, _)| Applier::start(state));
     let mut previous: Option<(Position, String)> = None;
     let mut records = 0u64;
@@ -409,11 +443,26 @@ pub async fn recover_cluster(
             break;
         };
         decode_wait += waited.elapsed();
-        let (key, size, file) = item?;
+        let (key, size, (file, crc)) = item?;
         bytes += size;
         cluster.check(&key, file.header.cluster_id)?;
         let seq = layout::parse_chunk_key(&key).map_or(0, |(_, s)| s);
         let (position, after) = chunk_position(&key, seq, &file)?;
+        let follows = match next {
+            Some(n) => position == n && continues(&file.header, last_crc),
+            // A log's first chunk names no predecessor.
+            None => file.header.previous_crc == 0,
+        };
+        if !follows && is_orphan(&file.header, &chain) {
+            tracing::warn!(
+                key,
+                %position,
+                "skipping a chunk a failed pipelined commit left behind (never acknowledged: the chunk it follows is not in the log)"
+            );
+            orphans.push(key);
+            i += 1;
+            continue;
+        }
         // No snapshot: the log starts at the first chunk, which must be at revision 1 (Go
         // Netsy) or 2 (an empty Netsy starts at 1 like etcd; its first write is 2).
         let next = next.get_or_insert(position);
@@ -439,6 +488,20 @@ pub async fn recover_cluster(
                 expected: *next,
                 orphans: names[i..].to_vec(),
             });
+        }
+        if !follows {
+            return Err(RecoveryError::Invalid {
+                key,
+                reason: format!(
+                    "it names a previous chunk with CRC {:016x}, not the one before it in the log ({last_crc:016x}), though it was written after every chunk before it was durable",
+                    file.header.previous_crc
+                ),
+            });
+        }
+        last_crc = crc;
+        chain.insert(crc);
+        if after.seq == 0 {
+            at_revision_crc = crc;
         }
         records += file.records.len() as u64;
         *next = after;
@@ -470,9 +533,13 @@ pub async fn recover_cluster(
             );
         }
     }
-    let (state, next) = match (applier, next) {
+    let (mut state, next) = match (applier, next) {
         (Some(applier), Some(next)) => (applier.finish().await?, next),
         _ => (State::at_revision(1), Position::new(2, 0)),
+    };
+    state.chain = mvcc::Chain {
+        last: last_crc,
+        at_revision: at_revision_crc,
     };
     tracing::info!(
         chunks = total,
@@ -486,7 +553,8 @@ pub async fn recover_cluster(
         next,
         snapshot,
         snapshot_stored_ms,
-        chunks: total,
+        chunks: total - orphans.len(),
+        orphans,
         records,
         bytes,
         elapsed: started.elapsed(),

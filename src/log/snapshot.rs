@@ -80,6 +80,8 @@ pub async fn write_snapshot(
             compact_revision: state.compact_revision,
             revision: state.revision,
             cluster_id,
+            previous_crc: state.chain.at_revision,
+            ..Default::default()
         };
         // Streamed: records are made and compressed one at a time.
         let mut encoder = format::Encoder::new(FileKind::Snapshot, &meta, true)?;

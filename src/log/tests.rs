@@ -596,3 +596,301 @@ mod snapshots {
         let _ = b_task.await;
     }
 }
+
+/// Pipelined commits: several chunk PUTs in flight, acknowledged in log order, and what a
+/// failure in the middle leaves behind.
+mod pipeline {
+    use super::*;
+    use crate::store::latency::{Latency, LatencySpec};
+    use crate::store::{Object, ObjectMeta};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// Counts chunk PUTs in flight at once.
+    #[derive(Debug)]
+    struct Counting {
+        inner: DynStore,
+        now: AtomicUsize,
+        most: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for Counting {
+        async fn get(&self, key: &str) -> crate::store::Result<Object> {
+            self.inner.get(key).await
+        }
+        async fn get_range(&self, key: &str, s: u64, e: u64) -> crate::store::Result<Bytes> {
+            self.inner.get_range(key, s, e).await
+        }
+        async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> crate::store::Result<String> {
+            let chunk = key.starts_with(super::super::layout::CHUNKS);
+            if chunk {
+                let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+                self.most.fetch_max(n, Ordering::SeqCst);
+            }
+            let r = self.inner.put(key, data, mode).await;
+            if chunk {
+                self.now.fetch_sub(1, Ordering::SeqCst);
+            }
+            r
+        }
+        async fn list(&self, p: &str, a: Option<&str>) -> crate::store::Result<Vec<ObjectMeta>> {
+            self.inner.list(p, a).await
+        }
+        async fn delete(&self, key: &str) -> crate::store::Result<()> {
+            self.inner.delete(key).await
+        }
+        fn describe(&self) -> String {
+            "counting".into()
+        }
+    }
+
+    async fn start_on(store: DynStore, config: WriterConfig) -> (Log, CancellationToken) {
+        let stop = CancellationToken::new();
+        let leader = Leader::acquire(
+            store.clone(),
+            "test",
+            &Default::default(),
+            LeaderTiming::default(),
+            &stop,
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+        let rec = recover(store.as_ref()).await.unwrap();
+        let (log, mut queue) = Log::new(rec.state, rec.next, 1024);
+        let (l, s) = (log.clone(), stop.clone());
+        tokio::spawn(async move {
+            run_writer(&l, &mut queue, &store, &leader, &config, rec.next, &s).await
+        });
+        (log, stop)
+    }
+
+    fn revision(r: Response) -> i64 {
+        match r {
+            Response::Put(p) => p.header.unwrap().revision,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn chunks_overlap_in_flight_and_are_acknowledged_in_log_order() {
+        let mem = Arc::new(MemoryStore::new());
+        let slow: DynStore = Arc::new(Latency::new(
+            mem.clone(),
+            LatencySpec {
+                base: Duration::from_millis(20),
+                jitter: Duration::from_millis(20),
+            },
+        ));
+        let counting = Arc::new(Counting {
+            inner: slow,
+            now: AtomicUsize::new(0),
+            most: AtomicUsize::new(0),
+        });
+        let config = WriterConfig {
+            max_in_flight: 4,
+            ..Default::default()
+        };
+        let (log, stop) = start_on(counting.clone(), config).await;
+        // 16 writers, 20 writes each: each acknowledgement must come with every earlier
+        // revision already published (log order), whatever order the PUTs landed in.
+        let writers = (0..16).map(|w| {
+            let log = log.clone();
+            async move {
+                for i in 0..20 {
+                    // Arriving apart, as clients do (writes arriving together share a chunk).
+                    tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 15)).await;
+                    let rev = revision(log.write(put(&format!("w{w}/{i}"), "v")).await.unwrap());
+                    assert!(log.state().revision >= rev, "acknowledged before published");
+                }
+            }
+        });
+        futures::future::join_all(writers).await;
+        let most = counting.most.load(Ordering::SeqCst);
+        assert!(
+            (2..=4).contains(&most),
+            "{most} chunk PUTs in flight at most"
+        );
+        assert_eq!(log.state().revision, 321);
+        stop.cancel();
+        let rec = recover(mem.as_ref()).await.unwrap();
+        assert_eq!(rec.state.revision, 321);
+        assert!(rec.orphans.is_empty());
+        assert_eq!(rec.state.chain, log.state().chain);
+    }
+
+    /// Three writes in flight; the first PUT times out after the other two landed.
+    async fn first_of_three_fails(mem: &Arc<MemoryStore>, log: &Log) {
+        log.write(put("a", "1")).await.unwrap();
+        mem.inject(Op::Put, 1, Fault::DelayThenFail(Duration::from_millis(150)));
+        let b = tokio::spawn({
+            let log = log.clone();
+            async move { log.write(put("b", "1")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let c = tokio::spawn({
+            let log = log.clone();
+            async move { log.write(put("c", "1")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let d = tokio::spawn({
+            let log = log.clone();
+            async move { log.write(put("d", "1")).await }
+        });
+        for (name, w) in [("b", b), ("c", c), ("d", d)] {
+            let err = w.await.unwrap().unwrap_err();
+            assert!(matches!(err, WriteError::Store { .. }), "{name}: {err}");
+        }
+        assert_eq!(
+            log.state().revision,
+            2,
+            "nothing after the failure is visible"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_chunk_fails_every_later_one_and_their_chunks_are_deleted() {
+        let mem = Arc::new(MemoryStore::new());
+        let (log, stop) = start_on(mem.clone(), WriterConfig::default()).await;
+        first_of_three_fails(&mem, &log).await;
+        // The later chunks landed and were deleted: the next write takes the failed one's
+        // position and the log goes on.
+        assert!(mem.get(&chunk_key(Position::new(4, 0))).await.is_err());
+        assert_eq!(revision(log.write(put("e", "1")).await.unwrap()), 3);
+        assert_eq!(revision(log.write(put("f", "1")).await.unwrap()), 4);
+        stop.cancel();
+        let rec = recover(mem.as_ref()).await.unwrap();
+        assert_eq!(rec.state.revision, 4);
+        assert!(rec.orphans.is_empty());
+        assert!(value_in(&rec.state, "b").is_none() && value_in(&rec.state, "c").is_none());
+    }
+
+    fn value_in(state: &crate::mvcc::State, key: &str) -> Option<Bytes> {
+        state
+            .range(
+                &RangeRequest {
+                    key: Bytes::from(key.to_string()),
+                    ..Default::default()
+                },
+                None,
+            )
+            .unwrap()
+            .kvs
+            .pop()
+            .map(|kv| kv.value)
+    }
+
+    #[tokio::test]
+    async fn chunks_left_behind_are_skipped_by_recovery_and_replaced_by_the_next_leader() {
+        let mem = Arc::new(MemoryStore::new());
+        let (log, stop) = start_on(mem.clone(), WriterConfig::default()).await;
+        // The deletes fail too: the later chunks stay, as after a crash mid-pipeline.
+        mem.inject(Op::Delete, 1, Fault::Outage);
+        first_of_three_fails(&mem, &log).await;
+        stop.cancel();
+        mem.clear_faults();
+        let left = [
+            chunk_key(Position::new(4, 0)),
+            chunk_key(Position::new(5, 0)),
+        ];
+        for key in &left {
+            assert!(mem.get(key).await.is_ok(), "{key} left behind");
+        }
+        // Recovery skips them: never acknowledged, their predecessor is not in the log.
+        let rec = recover(mem.as_ref()).await.unwrap();
+        assert_eq!(rec.state.revision, 2);
+        assert_eq!(rec.next, Position::new(3, 0));
+        assert_eq!(rec.orphans, left.to_vec());
+        // A new leader writes over them: (3, 0) is free; (4, 0) holds a chunk that names
+        // another predecessor, which it deletes and replaces.
+        mem.raw_delete(super::super::layout::LEADER);
+        let (log, stop) = start_on(mem.clone(), WriterConfig::default()).await;
+        assert_eq!(revision(log.write(put("x", "1")).await.unwrap()), 3);
+        assert_eq!(revision(log.write(put("y", "1")).await.unwrap()), 4);
+        stop.cancel();
+        let rec = recover(mem.as_ref()).await.unwrap();
+        assert_eq!(rec.state.revision, 4);
+        assert_eq!(rec.orphans, vec![left[1].clone()]);
+        assert_eq!(value_in(&rec.state, "y").unwrap(), "1");
+        assert!(value_in(&rec.state, "c").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_chunk_that_names_another_predecessor_without_pending_ones_is_corruption() {
+        let mem = Arc::new(MemoryStore::new());
+        let (log, stop) = start_on(mem.clone(), WriterConfig::default()).await;
+        log.write(put("a", "1")).await.unwrap();
+        stop.cancel();
+        let mut records = vec![crate::proto::netsy::Record {
+            revision: 3,
+            key: Bytes::from_static(b"x"),
+            created: true,
+            create_revision: 3,
+            version: 1,
+            ..Default::default()
+        }];
+        let meta = format::FileMeta {
+            previous_crc: 0x1234,
+            ..Default::default()
+        };
+        let forged =
+            format::encode(crate::proto::netsy::FileKind::Chunk, &meta, &mut records).unwrap();
+        let key = chunk_key(Position::new(3, 0));
+        mem.raw_put(&key, forged.into());
+        let err = recover(mem.as_ref()).await.unwrap_err();
+        assert!(
+            err.to_string().contains(&key) && err.to_string().contains("names a previous chunk"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_names_the_chunk_that_wrote_its_revision() {
+        let mem = Arc::new(MemoryStore::new());
+        let (log, stop) = start_on(mem.clone(), WriterConfig::default()).await;
+        log.write(put("a", "1")).await.unwrap();
+        log.write(Request::LeaseGrant { id: 7, ttl: 60 })
+            .await
+            .unwrap();
+        let state = log.state();
+        assert_ne!(state.chain.last, state.chain.at_revision);
+        super::super::snapshot::write_snapshot(mem.as_ref(), state.clone(), "test", 0)
+            .await
+            .unwrap();
+        log.write(put("b", "1")).await.unwrap();
+        stop.cancel();
+        let rec = recover(mem.as_ref()).await.unwrap();
+        assert_eq!(rec.state.revision, 3);
+        assert_eq!(rec.state.chain, log.state().chain);
+    }
+}
+
+/// A control-only chunk (a lease grant) in flight behind a key write: its state was built
+/// before the key write was published, and must still share the key write's events with
+/// watchers once published (it used to keep the older shared events, and watchers at the
+/// key write's revision skipped it).
+#[test]
+fn a_state_built_on_one_in_flight_shares_the_events_published_since() {
+    let (log, _queue) = Log::new(crate::mvcc::State::at_revision(1), Position::new(2, 0), 8);
+    let mut b = (*log.state()).clone();
+    let mut records = Vec::new();
+    writer::evaluate(&mut b, &put("k", "v"), &mut records).unwrap();
+    let mut c = b.clone();
+    writer::evaluate(
+        &mut c,
+        &Request::LeaseGrant { id: 9, ttl: 60 },
+        &mut records,
+    )
+    .unwrap();
+    log.publish(b, Position::new(3, 0));
+    log.publish(c, Position::new(3, 1));
+    let state = log.state();
+    assert_eq!(
+        state.shared_from(),
+        Some(2),
+        "revision 2's events are shared"
+    );
+    assert_eq!(state.shared().last().map(|t| t.to()), Some(2));
+}

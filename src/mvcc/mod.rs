@@ -218,6 +218,31 @@ pub struct State {
     /// The revisions the last few publications added, with their watch events built once
     /// for all watch streams: oldest first, contiguous, ending at the head.
     tails: Arc<Vec<Arc<Tail>>>,
+    /// Which chunks this state came from, carried with it so that whatever publishes or
+    /// snapshots it names the same chunks (the log's fence for pipelined commits).
+    pub chain: Chain,
+}
+
+/// The CRC-64s of the chunk objects a state was built from (0: not known, as after a Go
+/// snapshot or for a new store).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Chain {
+    /// The last chunk applied: the one the next chunk names as its predecessor.
+    pub last: u64,
+    /// The chunk that wrote `revision` (control-only chunks after it leave it): the one
+    /// the chunk at log position (revision + 1, 0) names, which a snapshot records.
+    pub at_revision: u64,
+}
+
+impl Chain {
+    /// After applying a chunk whose object has CRC `crc`; `writes_keys` if it moved the
+    /// revision.
+    pub fn applied(&mut self, crc: u64, writes_keys: bool) {
+        self.last = crc;
+        if writes_keys {
+            self.at_revision = crc;
+        }
+    }
 }
 
 /// Publications whose events stay shared: a stream that is a few commits behind (busy
@@ -299,7 +324,15 @@ impl State {
             bytes: 0,
             versions: 0,
             tails: Arc::default(),
+            chain: Chain::default(),
         }
+    }
+
+    /// Takes the shared events of the state published before this one. A state built on
+    /// one still in flight (pipelined commits) carries the shared events of whatever was
+    /// published when its base was built, which may miss the revisions published since.
+    pub fn inherit_shared(&mut self, published: &State) {
+        self.tails = published.tails.clone();
     }
 
     /// Records that this state is published after one whose head was `previous`: the

@@ -28,6 +28,9 @@ pub enum Fault {
     Delay(Duration),
     /// Apply the operation, then report a transient error (a PUT whose response was lost).
     ApplyThenFail,
+    /// Wait, then fail with a transient error without applying (a request that timed out
+    /// while later ones went through).
+    DelayThenFail(Duration),
     /// Fail every call of this operation from now on until faults are cleared.
     Outage,
 }
@@ -115,6 +118,10 @@ impl MemoryStore {
                 Ok(false)
             }
             Some(Fault::ApplyThenFail) => Ok(true),
+            Some(Fault::DelayThenFail(d)) => {
+                tokio::time::sleep(d).await;
+                Err(injected(key))
+            }
         }
     }
 }

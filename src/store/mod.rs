@@ -11,6 +11,7 @@
 //! the store is unavailable.
 
 pub mod conformance;
+pub mod latency;
 pub mod local;
 pub mod memory;
 pub mod metered;
@@ -104,12 +105,23 @@ pub(crate) fn content_etag(data: &[u8]) -> String {
 #[derive(Debug, Clone, Default)]
 pub struct StoreOptions {
     pub s3: s3::S3Options,
+    /// Latency added to every request (testing and benchmarks only).
+    pub latency: latency::LatencySpec,
 }
 
 /// Opens a store from a URL: `file:///path`, a plain directory path, `s3://bucket/prefix`
-/// or `memory://`, measured by [`metered::Metered`].
+/// or `memory://`, slowed by [`latency::Latency`] if asked, measured by
+/// [`metered::Metered`].
 pub async fn open(url: &str, options: &StoreOptions) -> anyhow::Result<DynStore> {
-    let store = open_backend(url, options).await?;
+    let mut store = open_backend(url, options).await?;
+    if !options.latency.is_zero() {
+        tracing::warn!(
+            latency_ms = options.latency.base.as_millis() as u64,
+            jitter_ms = options.latency.jitter.as_millis() as u64,
+            "every store request is delayed (--store-latency-ms): for tests and benchmarks only"
+        );
+        store = Arc::new(latency::Latency::new(store, options.latency));
+    }
     Ok(Arc::new(metered::Metered(store)))
 }
 
