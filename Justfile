@@ -50,6 +50,14 @@ bench *ARGS:
     cargo build --release
     scripts/bench.sh {{ARGS}}
 
+# An idle control plane's S3 requests and their cost, for 1 and 3 nodes on LocalStack.
+bench-idle *ARGS:
+    scripts/bench-idle.sh {{ARGS}}
+
+# Writes at S3-like latency (25 ms, 5 ms): throughput by clients and chunk PUTs in flight.
+bench-pipeline *ARGS:
+    scripts/bench-pipeline.sh {{ARGS}}
+
 # Kubernetes and etcd 3.7 from Go modules into target/kube: `just kube-build k8s 1.37`, `refs`.
 kube-build *ARGS:
     scripts/kube-build.sh {{ARGS}}

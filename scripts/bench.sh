@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Netsy next to etcd, same client, same machine, same run (`just bench`):
 #   1. builds the release binary;
-#   2. starts a fresh etcd (the Debian etcd-server package, 3.4) and fresh Netsy nodes on the
-#      local directory store and, if LocalStack answers (scripts/localstack.sh start), on
-#      LocalStack;
+#   2. starts a fresh etcd (the Debian etcd-server package, 3.4), a fresh kine on SQLite (the
+#      datastore the Go Netsy compares itself with; built from github.com/k3s-io/kine by
+#      scripts/kube-build.sh refs, skipped with a note if Go is missing), and fresh Netsy
+#      nodes on the local directory store, on the same store with every request delayed as
+#      S3 Standard's (25 ms) and S3 Express One Zone's (5 ms) would be (--store-latency-ms,
+#      a fifth of it as jitter), and, if LocalStack answers (scripts/localstack.sh start),
+#      on LocalStack;
 #   3. runs `netsy bench` against all of them (ratios are to etcd) and the in-process
 #      `startup` workload; then `etcdctl check perf --load=l` against etcd, Netsy (file) and
 #      examples/noop_kv.rs, a gRPC server that stores nothing: the most any server can reach
@@ -42,6 +46,26 @@ pids+=($!)
 targets=(--target "etcd=127.0.0.1:$etcd_port" --target "netsy-file=127.0.0.1:$file_port")
 wait_health "http://127.0.0.1:$etcd_port" etcd
 wait_health "http://127.0.0.1:$file_port" "netsy (file)"
+if refs=$(scripts/kube-build.sh refs 2>"$work/refs.log"); then
+  kine_port=$(port)
+  mkdir -p "$work/kine"
+  "$refs/kine" --endpoint "sqlite://$work/kine/state.db" --listen-address "127.0.0.1:$kine_port" \
+    --metrics-bind-address 0 >"$work/kine.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 150); do ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$kine_port" endpoint health >/dev/null 2>&1 && break; sleep 0.2; done
+  targets+=(--target "kine-sqlite=127.0.0.1:$kine_port")
+else
+  echo "bench.sh: kine could not be built (scripts/kube-build.sh refs: $(tail -1 "$work/refs.log")); skipping it" >&2
+fi
+for lat in 25 5; do
+  lat_port=$(port)
+  RUST_LOG=warn "$bin" serve --store "$work/netsy-$lat" --listen-client-addr "127.0.0.1:$lat_port" \
+    --store-latency-ms "$lat" --store-jitter-ms "$(python3 -c "print($lat / 5)")" \
+    >"$work/netsy-$lat.log" 2>&1 &
+  pids+=($!)
+  wait_health "http://127.0.0.1:$lat_port" "netsy (+$lat ms)"
+  targets+=(--target "netsy-${lat}ms=127.0.0.1:$lat_port")
+done
 if scripts/localstack.sh status >/dev/null 2>&1; then
   s3_port=$(port)
   AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 RUST_LOG=warn \

@@ -9,7 +9,8 @@
 # etcdctl and etcdutl, and kube-apiserver, kube-controller-manager, kube-scheduler and
 # kubectl 1.37 (tests/kube), once per module file, into target/kube. Then starts
 # LocalStack, and runs cargo fmt --check, clippy with -D warnings, every test (unit tests,
-# and behaviour tests against the real binary, LocalStack and etcd 3.4), the etcd
+# and behaviour tests against the real binary, LocalStack and etcd 3.4), the S3 store's
+# suite again on moto (a second S3 server, pinned in moto/requirements.txt), the etcd
 # comparisons again against etcd 3.7, snapshots to and from etcd 3.5 and 3.6, two etcd
 # client libraries' own suites against etcd 3.7 and Netsy (scripts/client-suites.sh;
 # aetcd and pytest into a venv under ~/.cache/netsy), Kubernetes'
@@ -42,6 +43,11 @@ echo "test.sh: cargo clippy --all-targets -- -D warnings" >&2
 cargo clippy --all-targets -- -D warnings
 echo "test.sh: cargo test" >&2
 cargo test --all-targets -- "$@"
+# The S3 store's conformance suite again on a second S3 implementation (moto), so that no
+# LocalStack quirk is taken for S3's behaviour.
+scripts/moto.sh start
+echo "test.sh: the S3 store suite on moto (scripts/moto.sh)" >&2
+NETSY_TEST_S3_ENDPOINT=http://127.0.0.1:4567 cargo test --test store_s3 -- "$@"
 # Go suites (tests/kube): Kubernetes' storage conformance suites through kube-apiserver's
 # own etcd3 store, for both Kubernetes versions, against the debug binary cargo test built.
 if ! command -v go >/dev/null; then

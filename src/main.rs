@@ -298,6 +298,16 @@ struct ServeArgs {
     /// Most chunk PUTs in flight at once (pipelined commits; 1: one at a time).
     #[arg(long, env = "NETSY_MAX_CHUNKS_IN_FLIGHT", default_value_t = netsy::log::writer::DEFAULT_IN_FLIGHT)]
     max_chunks_in_flight: usize,
+    /// Key prefixes of heartbeats (comma-separated; "" for none): writes only to keys under
+    /// them wait for the chunk that proves the leader alive (at most about 1.6 s with the
+    /// default lease) unless another write is committed first.
+    #[arg(
+        long,
+        env = "NETSY_HEARTBEAT_PREFIXES",
+        value_delimiter = ',',
+        default_value = "/registry/leases/,/registry/masterleases/,/registry/events/"
+    )]
+    heartbeat_prefixes: Vec<String>,
     /// Most records in one chunk.
     #[arg(long, env = "NETSY_MAX_BATCH_RECORDS", default_value_t = 10_000)]
     max_batch_records: usize,
@@ -475,6 +485,12 @@ impl ServeArgs {
                 max_batch_records: self.max_batch_records,
                 commit_window: Duration::from_millis(self.commit_window_ms),
                 max_in_flight: self.max_chunks_in_flight.max(1),
+                heartbeat_prefixes: self
+                    .heartbeat_prefixes
+                    .iter()
+                    .filter(|p| !p.is_empty())
+                    .map(|p| bytes::Bytes::from(p.clone()))
+                    .collect(),
                 ..Default::default()
             },
             limits: netsy::api::Limits {

@@ -266,10 +266,20 @@ async fn verify(addr: &str, ledger: &Ledger) -> Result<Verified, etcd_client::Er
             )
         })
         .collect();
-    assert!(
-        current == folded,
-        "the keys at {head} differ from the history folded up"
-    );
+    if current != folded {
+        let differ: Vec<_> = current
+            .keys()
+            .chain(folded.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .filter(|k| current.get(*k) != folded.get(*k))
+            .take(10)
+            .map(|k| (k, current.get(k), folded.get(k)))
+            .collect();
+        panic!(
+            "the keys at {head} differ from the history folded up (key, range, watch): {differ:?}"
+        );
+    }
     for (id, fate) in &ledger.leases {
         let ttl = c.lease_time_to_live(*id, None).await?.ttl();
         match fate {

@@ -11,6 +11,37 @@ async fn s3_passes_conformance() {
     conformance::run_all(&store).await;
 }
 
+/// The listing as an S3 Express One Zone directory bucket needs it (no start-after, only
+/// prefixes ending in '/', any order back), on a general purpose bucket: the same answers.
+#[tokio::test]
+async fn s3_passes_conformance_listing_as_for_a_directory_bucket() {
+    let mut opts = common::s3_options(&common::unique_prefix("directory"));
+    opts.directory_bucket = Some(true);
+    let store = netsy::store::s3::S3Store::connect(opts).await.unwrap();
+    conformance::run_all(&store).await;
+}
+
+#[tokio::test]
+async fn a_directory_bucket_is_refused_path_style_or_another_storage_class() {
+    let opts = netsy::store::s3::S3Options {
+        bucket: "netsy--use1-az4--x-s3".into(),
+        region: Some("us-east-1".into()),
+        force_path_style: true,
+        ..Default::default()
+    };
+    let err = netsy::store::s3::S3Store::connect(opts.clone())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("virtual-hosted"), "{err}");
+    let opts = netsy::store::s3::S3Options {
+        force_path_style: false,
+        storage_class: Some("STANDARD".into()),
+        ..opts
+    };
+    let err = netsy::store::s3::S3Store::connect(opts).await.unwrap_err();
+    assert!(err.to_string().contains("EXPRESS_ONEZONE"), "{err}");
+}
+
 #[tokio::test]
 async fn s3_lists_past_one_page() {
     let store = common::s3_store("paging").await;

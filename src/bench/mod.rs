@@ -14,12 +14,15 @@ use std::time::Duration;
 
 /// One server to measure, `name=http://host:port`; `name=http://a:port,http://b:port`
 /// sends the watch workload's watches to the second (a follower of the first, to measure
-/// how long after a write is acknowledged another node shows it).
+/// how long after a write is acknowledged another node shows it). The idle workload counts
+/// the S3 requests of every endpoint named (the nodes of one cluster).
 #[derive(Debug, Clone)]
 pub struct Target {
     pub name: String,
     pub endpoint: String,
     pub watch_endpoint: Option<String>,
+    /// Every endpoint named, the first included.
+    pub nodes: Vec<String>,
 }
 
 fn endpoint(s: &str) -> Result<String, String> {
@@ -40,14 +43,15 @@ impl std::str::FromStr for Target {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let (name, endpoints) = s.split_once('=').unwrap_or(("target", s));
-        let (first, watch) = match endpoints.split_once(',') {
-            Some((a, b)) => (a, Some(endpoint(b)?)),
-            None => (endpoints, None),
-        };
+        let nodes = endpoints
+            .split(',')
+            .map(endpoint)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Target {
             name: name.to_string(),
-            endpoint: endpoint(first)?,
-            watch_endpoint: watch,
+            endpoint: nodes[0].clone(),
+            watch_endpoint: nodes.get(1).cloned(),
+            nodes,
         })
     }
 }
@@ -73,6 +77,11 @@ pub enum Workload {
     Mixed,
     /// Load --memory-keys keys of --memory-value-size bytes; resident memory growth per key.
     Memory,
+    /// An idle control plane of as many nodes as the target names endpoints: each node's
+    /// kubelet renews its node lease and its apiserver its identity lease every 10 s, the
+    /// controller-manager and scheduler leaders theirs every 2 s, and an event is written
+    /// every 5 s; S3 requests by kind over all the nodes and what they cost a month.
+    Idle,
     /// Kubernetes-shaped: the clients update shared objects as GuaranteedUpdate does (CAS on
     /// mod_revision, retried from the current object on a conflict), while 4 watch streams
     /// with prev_kv (kube-apiserver's watch caches) follow the prefix and one client lists
@@ -92,6 +101,7 @@ impl Workload {
             Workload::Mixed => "mixed",
             Workload::Memory => "memory",
             Workload::Kubernetes => "kubernetes",
+            Workload::Idle => "idle",
         }
     }
 }
@@ -144,6 +154,9 @@ mod tests {
         let t: Target = "pair=http://a:2379,b:2379".parse().unwrap();
         assert_eq!(t.endpoint, "http://a:2379");
         assert_eq!(t.watch_endpoint.as_deref(), Some("http://b:2379"));
+        assert_eq!(t.nodes, ["http://a:2379", "http://b:2379"]);
+        let t: Target = "three=a:1,b:2,c:3".parse().unwrap();
+        assert_eq!(t.nodes.len(), 3);
         assert!("x=https://a:2379".parse::<Target>().is_err());
         assert!("x=a:2379,https://b:2379".parse::<Target>().is_err());
     }

@@ -153,6 +153,7 @@ mod tests {
             name: name.into(),
             endpoint: "http://x".into(),
             watch_endpoint: None,
+            nodes: vec![],
         };
         let a = Outcome::new(
             &t("etcd"),

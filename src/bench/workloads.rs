@@ -445,6 +445,7 @@ pub(super) async fn run(
             .await
         }
         Workload::Watch => return watch(target, &chans, o, prefix, &pattern).await,
+        Workload::Idle => return idle(target, &chans, o, prefix).await,
         Workload::Kubernetes => {
             let objects = 1000;
             load(&chans, prefix, objects, o.clients, &pattern, size).await;
@@ -816,6 +817,191 @@ async fn watch(
         elapsed,
         Latencies(lat),
         write_errors,
+        extra,
+    ))
+}
+
+/// S3 request prices, US East (N. Virginia), per 1,000 requests: (PUT, COPY, POST and
+/// LIST; GET and the rest). DELETE is free. S3 Express One Zone also bills upload and
+/// retrieval per GB beyond 512 KiB per request, which chunks and lease objects never reach.
+const STANDARD_PRICES: (f64, f64) = (0.005, 0.0004);
+const EXPRESS_PRICES: (f64, f64) = (0.00113, 0.00003);
+const MONTH_SECONDS: f64 = 30.0 * 24.0 * 3600.0;
+
+/// Store requests by operation (put, get, get_range, list, delete), every outcome counted
+/// (S3 bills failed requests too), from one node's metrics.
+async fn store_requests(endpoint: &str) -> BTreeMap<String, f64> {
+    let addr = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let mut out = BTreeMap::new();
+    let Ok((200, text)) = crate::http::get(addr, "/metrics").await else {
+        return out;
+    };
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("netsy_store_request_duration_seconds_count{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        let Some(op) = labels
+            .split(',')
+            .find_map(|l| l.strip_prefix("op=\""))
+            .map(|v| v.trim_end_matches('"'))
+        else {
+            continue;
+        };
+        if let Ok(v) = value.trim().parse::<f64>() {
+            *out.entry(op.to_string()).or_insert(0.0) += v;
+        }
+    }
+    out
+}
+
+/// The idle workload: a control plane of `nodes` nodes renewing its leases, for the
+/// duration. Reports writes (ops), their latency, and the S3 requests every node made.
+async fn idle(
+    target: &Target,
+    chans: &[Channel],
+    o: &Options,
+    prefix: &str,
+) -> anyhow::Result<Outcome> {
+    let nodes = target.nodes.len().max(1);
+    // Under kube-apiserver's prefix, as the heartbeats are; named after this run.
+    let run: String = prefix
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    let mut schedule: Vec<(String, Duration, bool)> = Vec::new();
+    for n in 0..nodes {
+        schedule.push((
+            format!("/registry/leases/kube-node-lease/{run}-node-{n}"),
+            Duration::from_secs(10),
+            false,
+        ));
+        schedule.push((
+            format!("/registry/leases/kube-system/{run}-apiserver-{n}"),
+            Duration::from_secs(10),
+            false,
+        ));
+    }
+    for who in ["kube-controller-manager", "kube-scheduler"] {
+        schedule.push((
+            format!("/registry/leases/kube-system/{run}-{who}"),
+            Duration::from_secs(2),
+            false,
+        ));
+    }
+    schedule.push((
+        format!("/registry/events/default/{run}-event-"),
+        Duration::from_secs(5),
+        true,
+    ));
+    let mut before = BTreeMap::new();
+    for node in &target.nodes {
+        for (op, n) in store_requests(node).await {
+            *before.entry(op).or_insert(0.0) += n;
+        }
+    }
+    let started = Instant::now();
+    let deadline = started + o.duration;
+    let mut tasks = Vec::new();
+    for (i, (key, period, fresh_keys)) in schedule.into_iter().enumerate() {
+        let mut kv = kv(chans, i);
+        tasks.push(tokio::spawn(async move {
+            let mut t = Tally::default();
+            // Each renewer starts at its own phase, as real components do.
+            let phase = period.mul_f64(rand::random::<f64>());
+            let mut next = Instant::now() + phase;
+            let mut last = 0i64;
+            let mut n = 0u64;
+            loop {
+                if next >= deadline {
+                    return t;
+                }
+                tokio::time::sleep_until(next.into()).await;
+                next += period;
+                let sent = Instant::now();
+                let ok = if fresh_keys {
+                    n += 1;
+                    kv.put(PutRequest {
+                        key: Bytes::from(format!("{key}{n:08}")),
+                        value: Bytes::from_static(b"event"),
+                        ..Default::default()
+                    })
+                    .await
+                    .is_ok()
+                } else {
+                    // GuaranteedUpdate, as the lease clients' updates reach etcd.
+                    let k = Bytes::from(key.clone());
+                    match kv
+                        .txn(TxnRequest {
+                            compare: vec![Compare {
+                                result: compare::CompareResult::Equal as i32,
+                                target: compare::CompareTarget::Mod as i32,
+                                key: k.clone(),
+                                target_union: Some(compare::TargetUnion::ModRevision(last)),
+                                ..Default::default()
+                            }],
+                            success: vec![RequestOp {
+                                request: Some(request_op::Request::RequestPut(PutRequest {
+                                    key: k.clone(),
+                                    value: Bytes::from(format!("renewed {n}")),
+                                    ..Default::default()
+                                })),
+                            }],
+                            failure: vec![],
+                        })
+                        .await
+                    {
+                        Ok(r) => {
+                            let r = r.into_inner();
+                            last = header_rev(&r.header);
+                            r.succeeded
+                        }
+                        Err(_) => false,
+                    }
+                };
+                t.record(sent, ok);
+            }
+        }));
+    }
+    let mut tallies = Vec::new();
+    for task in tasks {
+        tallies.push(task.await.unwrap_or_default());
+    }
+    let elapsed = started.elapsed();
+    let (ops, errors, lat, _) = merge(tallies);
+    let mut after = BTreeMap::new();
+    for node in &target.nodes {
+        for (op, n) in store_requests(node).await {
+            *after.entry(op).or_insert(0.0) += n;
+        }
+    }
+    let mut extra = BTreeMap::new();
+    extra.insert("nodes".into(), nodes as f64);
+    let secs = elapsed.as_secs_f64();
+    let rate = |op: &str| (after.get(op).unwrap_or(&0.0) - before.get(op).unwrap_or(&0.0)) / secs;
+    if !after.is_empty() {
+        let (puts, lists) = (rate("put"), rate("list"));
+        let gets = rate("get") + rate("get_range");
+        extra.insert("s3_put_per_sec".into(), puts);
+        extra.insert("s3_get_per_sec".into(), gets);
+        extra.insert("s3_list_per_sec".into(), lists);
+        extra.insert("s3_delete_per_sec".into(), rate("delete"));
+        let monthly =
+            |(put, get): (f64, f64)| ((puts + lists) * put + gets * get) / 1000.0 * MONTH_SECONDS;
+        extra.insert("usd_month_standard".into(), monthly(STANDARD_PRICES));
+        extra.insert("usd_month_express".into(), monthly(EXPRESS_PRICES));
+    }
+    compact(chans).await;
+    Ok(Outcome::new(
+        target,
+        Workload::Idle,
+        0,
+        ops,
+        elapsed,
+        lat,
+        errors,
         extra,
     ))
 }

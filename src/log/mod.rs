@@ -61,6 +61,33 @@ impl Request {
         }
     }
 
+    /// Whether every key the request writes (and every key a transaction reads) is under
+    /// one of `prefixes`: a heartbeat, which may wait for the chunk that proves the leader
+    /// alive (see [`writer::WriterConfig::heartbeat_prefixes`]).
+    pub fn is_heartbeat(&self, prefixes: &[Bytes]) -> bool {
+        use crate::proto::etcdserverpb::request_op::Request as Op;
+        if prefixes.is_empty() {
+            return false;
+        }
+        let under = |key: &[u8]| prefixes.iter().any(|p| key.starts_with(p));
+        match self {
+            Request::Put(r) => under(&r.key),
+            Request::DeleteRange(r) => under(&r.key) && r.range_end.is_empty(),
+            Request::Txn(t) => {
+                t.compare
+                    .iter()
+                    .all(|c| under(&c.key) && c.range_end.is_empty())
+                    && mvcc::txn_all_ops(t, &|op| match op {
+                        Op::RequestPut(p) => under(&p.key),
+                        Op::RequestDeleteRange(d) => under(&d.key) && d.range_end.is_empty(),
+                        Op::RequestRange(r) => under(&r.key) && r.range_end.is_empty(),
+                        Op::RequestTxn(_) => false,
+                    })
+            }
+            _ => false,
+        }
+    }
+
     /// Rough size, for bounding a batch.
     fn size(&self) -> usize {
         use prost::Message;

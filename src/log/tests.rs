@@ -751,20 +751,60 @@ mod pipeline {
     }
 
     #[tokio::test]
-    async fn a_failed_chunk_fails_every_later_one_and_their_chunks_are_deleted() {
+    async fn a_failed_chunk_fails_every_later_one_whose_chunks_are_replaced() {
         let mem = Arc::new(MemoryStore::new());
         let (log, stop) = start_on(mem.clone(), WriterConfig::default()).await;
         first_of_three_fails(&mem, &log).await;
-        // The later chunks landed and were deleted: the next write takes the failed one's
-        // position and the log goes on.
-        assert!(mem.get(&chunk_key(Position::new(4, 0))).await.is_err());
-        assert_eq!(revision(log.write(put("e", "1")).await.unwrap()), 3);
-        assert_eq!(revision(log.write(put("f", "1")).await.unwrap()), 4);
+        // The later chunks landed and stay until the log reaches their positions again:
+        // the failed one might still land and chain them.
+        let left = [
+            chunk_key(Position::new(4, 0)),
+            chunk_key(Position::new(5, 0)),
+        ];
+        for key in &left {
+            assert!(mem.get(key).await.is_ok(), "{key}");
+        }
+        // The next writes take the failed one's position, then replace each of them.
+        for (k, rev) in [("e", 3), ("f", 4), ("g", 5)] {
+            assert_eq!(revision(log.write(put(k, "1")).await.unwrap()), rev);
+        }
+        stop.cancel();
+        let rec = recover(mem.as_ref()).await.unwrap();
+        assert_eq!(rec.state.revision, 5);
+        assert!(rec.orphans.is_empty());
+        for k in ["b", "c", "d"] {
+            assert!(value_in(&rec.state, k).is_none(), "{k}");
+        }
+        assert_eq!(value_in(&rec.state, "g").unwrap(), "1");
+    }
+
+    #[tokio::test]
+    async fn a_failed_chunk_that_landed_after_all_is_adopted_with_the_chunks_after_it() {
+        let mem = Arc::new(MemoryStore::new());
+        let (log, stop) = start_on(mem.clone(), WriterConfig::default()).await;
+        log.write(put("a", "1")).await.unwrap();
+        // The first PUT lands, but its answer is lost after the second one landed.
+        mem.inject(
+            Op::Put,
+            1,
+            Fault::DelayApplyThenFail(Duration::from_millis(100)),
+        );
+        let b = tokio::spawn({
+            let log = log.clone();
+            async move { log.write(put("b", "1")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let c = log.write(put("c", "1")).await;
+        assert!(b.await.unwrap().is_err() && c.is_err());
+        // Nothing deleted: b and c are a chain in the bucket, which the next write meets
+        // (the position is taken) and a reload adopts, unacknowledged.
+        let err = log.write(put("d", "1")).await.unwrap_err();
+        assert!(matches!(err, WriteError::Fenced { .. }), "{err}");
         stop.cancel();
         let rec = recover(mem.as_ref()).await.unwrap();
         assert_eq!(rec.state.revision, 4);
         assert!(rec.orphans.is_empty());
-        assert!(value_in(&rec.state, "b").is_none() && value_in(&rec.state, "c").is_none());
+        assert_eq!(value_in(&rec.state, "c").unwrap(), "1");
     }
 
     fn value_in(state: &crate::mvcc::State, key: &str) -> Option<Bytes> {
@@ -786,11 +826,9 @@ mod pipeline {
     async fn chunks_left_behind_are_skipped_by_recovery_and_replaced_by_the_next_leader() {
         let mem = Arc::new(MemoryStore::new());
         let (log, stop) = start_on(mem.clone(), WriterConfig::default()).await;
-        // The deletes fail too: the later chunks stay, as after a crash mid-pipeline.
-        mem.inject(Op::Delete, 1, Fault::Outage);
+        // The writer stops right after: the later chunks stay, as after a crash.
         first_of_three_fails(&mem, &log).await;
         stop.cancel();
-        mem.clear_faults();
         let left = [
             chunk_key(Position::new(4, 0)),
             chunk_key(Position::new(5, 0)),
@@ -893,4 +931,96 @@ fn a_state_built_on_one_in_flight_shares_the_events_published_since() {
         "revision 2's events are shared"
     );
     assert_eq!(state.shared().last().map(|t| t.to()), Some(2));
+}
+
+/// Heartbeats wait for the chunk that proves the leader alive; any other write takes them
+/// along at once.
+#[tokio::test(start_paused = true)]
+async fn heartbeats_wait_for_the_proof_of_life_unless_another_write_goes_first() {
+    let mem = std::sync::Arc::new(MemoryStore::new());
+    let config = WriterConfig {
+        heartbeat_prefixes: vec![Bytes::from_static(b"/hb/")],
+        ..Default::default()
+    };
+    let r = start_as(mem.clone(), config).await;
+    let chunk_puts = || {
+        mem.keys()
+            .iter()
+            .filter(|k| k.starts_with(super::layout::CHUNKS))
+            .count()
+    };
+    // Five heartbeats 200 ms apart share one chunk, cut 150 ms before the renewal is due
+    // (3/5 of 3 s - 375 ms after the lease was taken).
+    let started = tokio::time::Instant::now();
+    let mut beats = Vec::new();
+    for i in 0..5 {
+        let log = r.log.clone();
+        beats.push(tokio::spawn(async move {
+            log.write(put(&format!("/hb/node{i}"), "t")).await.unwrap();
+            tokio::time::Instant::now()
+        }));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    for b in beats {
+        let at = b.await.unwrap() - started;
+        assert!(
+            at >= std::time::Duration::from_millis(1300)
+                && at <= std::time::Duration::from_millis(1500),
+            "heartbeat acknowledged after {at:?}"
+        );
+    }
+    assert_eq!(chunk_puts(), 1);
+    // A heartbeat, then an ordinary write 100 ms later: both go in that write's chunk.
+    let log = r.log.clone();
+    let beat = tokio::spawn(async move { log.write(put("/hb/node0", "u")).await });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let t = tokio::time::Instant::now();
+    r.log.write(put("/registry/pods/p", "v")).await.unwrap();
+    beat.await.unwrap().unwrap();
+    assert!(t.elapsed() < std::time::Duration::from_millis(50));
+    assert_eq!(chunk_puts(), 2);
+    assert_eq!(value(&r.log, "/hb/node0").unwrap(), "u");
+}
+
+#[test]
+fn a_heartbeat_touches_only_keys_under_the_prefixes() {
+    use crate::proto::etcdserverpb::{
+        compare, request_op, Compare, DeleteRangeRequest, RequestOp, TxnRequest,
+    };
+    let prefixes = [Bytes::from_static(b"/registry/leases/")];
+    let lease = "/registry/leases/kube-node-lease/n1";
+    // kube-apiserver's GuaranteedUpdate of a lease.
+    let update = |put_key: &str| {
+        Request::Txn(TxnRequest {
+            compare: vec![Compare {
+                key: Bytes::from(lease.to_string()),
+                target: compare::CompareTarget::Mod as i32,
+                ..Default::default()
+            }],
+            success: vec![RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: Bytes::from(put_key.to_string()),
+                    ..Default::default()
+                })),
+            }],
+            failure: vec![RequestOp {
+                request: Some(request_op::Request::RequestRange(RangeRequest {
+                    key: Bytes::from(lease.to_string()),
+                    ..Default::default()
+                })),
+            }],
+        })
+    };
+    assert!(update(lease).is_heartbeat(&prefixes));
+    assert!(!update("/registry/pods/p").is_heartbeat(&prefixes));
+    assert!(put(lease, "x").is_heartbeat(&prefixes));
+    assert!(!put(lease, "x").is_heartbeat(&[]));
+    assert!(!put("/registry/leasesX", "x").is_heartbeat(&prefixes));
+    let wide = Request::DeleteRange(DeleteRangeRequest {
+        key: Bytes::from(lease.to_string()),
+        range_end: Bytes::from_static(b"\0"),
+        ..Default::default()
+    });
+    assert!(!wide.is_heartbeat(&prefixes));
+    assert!(!Request::Compact(5).is_heartbeat(&prefixes));
 }

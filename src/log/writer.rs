@@ -32,7 +32,19 @@ pub struct WriterConfig {
     pub commit_window: Duration,
     /// Most chunk PUTs in flight at once (1: each waits for the one before).
     pub max_in_flight: usize,
+    /// Key prefixes of heartbeats: writes that tolerate seconds (Kubernetes' lease
+    /// renewals, events). One that only touches keys under them waits for the next chunk,
+    /// at the latest the one that proves the leader alive when it would otherwise renew its
+    /// lease (`Leader::proof_due`); any other write cuts the batch at once and takes them
+    /// along. On an idle control plane that turns 1.8 writes/s into one PUT per renewal.
+    /// Empty (the default here; `netsy serve` names Kubernetes' leases, master leases and
+    /// events under `/registry/`): every write is cut at once.
+    pub heartbeat_prefixes: Vec<Bytes>,
 }
+
+/// How long before the leader's proof of life is due a batch of heartbeats is cut, so that
+/// its chunk lands (and proves the leader alive) before the lease renewal would go out.
+const HEARTBEAT_LEAD: Duration = Duration::from_millis(150);
 
 impl Default for WriterConfig {
     fn default() -> Self {
@@ -43,6 +55,7 @@ impl Default for WriterConfig {
             max_batch_bytes: 16 * 1024 * 1024,
             commit_window: Duration::ZERO,
             max_in_flight: DEFAULT_IN_FLIGHT,
+            heartbeat_prefixes: Vec::new(),
         }
     }
 }
@@ -282,8 +295,9 @@ async fn replace_orphan(
 /// the state the one before it will publish, each at the next log position, and answered
 /// strictly in log order: a batch is acknowledged only once its PUT and every earlier one
 /// succeeded. When one fails, every later batch fails too and is never acknowledged; a
-/// later chunk that landed anyway is deleted (and, if it cannot be, is still never adopted:
-/// it names a predecessor that is not in the log).
+/// later chunk that landed anyway is never adopted unless the failed one landed too (it
+/// names a predecessor), and is replaced once this writer's chunk holds the failed one's
+/// position.
 pub async fn run_writer(
     log: &Log,
     queue: &mut Queue,
@@ -303,6 +317,18 @@ pub async fn run_writer(
     let mut forming: Vec<Proposal> = Vec::new();
     let mut forming_bytes = 0usize;
     let mut cut_at: Option<Instant> = None;
+    // When a proposal joins the batch being formed: a heartbeat waits for the proof of
+    // life, anything else for the commit window at most.
+    let deadline = |p: &Proposal| {
+        if p.request.is_heartbeat(&config.heartbeat_prefixes) {
+            leader
+                .proof_due()
+                .checked_sub(HEARTBEAT_LEAD)
+                .unwrap_or_else(Instant::now)
+        } else {
+            Instant::now() + config.commit_window
+        }
+    };
     debug_assert_eq!(log.next_position(), next);
     loop {
         // Take what is queued, up to a batch.
@@ -310,13 +336,12 @@ pub async fn run_writer(
             match queue.0.try_recv() {
                 Ok(p) => {
                     forming_bytes += p.request.size();
+                    let at = deadline(&p);
+                    cut_at = Some(cut_at.map_or(at, |c| c.min(at)));
                     forming.push(p);
                 }
                 Err(_) => break,
             }
-        }
-        if !forming.is_empty() && cut_at.is_none() {
-            cut_at = Some(Instant::now() + config.commit_window);
         }
         let due = cut_at.is_some_and(|t| t <= Instant::now());
         if due && flights.len() < depth {
@@ -354,19 +379,19 @@ pub async fn run_writer(
                     }
                     Err(Failure::Fenced(err)) => return abandon(flights, err).await,
                     Err(Failure::Failed(err)) => {
-                        // Nothing after the failed chunk may be acknowledged; what landed
-                        // of it is deleted so the next batch can take its position.
+                        // Nothing after the failed chunk may be acknowledged; the next
+                        // batch takes its position.
                         tail = None;
                         positions.clear();
-                        if let Err(e) = unwind(&mut flights, store, &err).await {
-                            return WriterExit::Fenced(e);
-                        }
+                        unwind(&mut flights, &err).await;
                     }
                 }
             }
             p = queue.0.recv(), if !full => match p {
                 Some(p) => {
                     forming_bytes += p.request.size();
+                    let at = deadline(&p);
+                    cut_at = Some(cut_at.map_or(at, |c| c.min(at)));
                     forming.push(p);
                 }
                 None => {
@@ -640,15 +665,13 @@ async fn land(
     }
 }
 
-/// After a chunk failed: fails every later flight as each lands, and deletes the chunks of
-/// them that landed anyway, so the log position they took is free again. An error means
-/// one could not be deleted: the writer stops, and whoever writes next (after a reload that
-/// skips it) deletes it.
-async fn unwind(
-    flights: &mut FuturesOrdered<Landing>,
-    store: &DynStore,
-    cause: &WriteError,
-) -> Result<(), WriteError> {
+/// After a chunk failed: fails every later flight as each lands. A later chunk that landed
+/// anyway stays where it is, for now: the failed one may have landed too (a lost answer) or
+/// still land (a request still travelling), and then the two are a chain a follower may
+/// already have read from the bucket and a reload will adopt. Only once this writer's own
+/// chunk holds the failed position is such a chunk provably never part of the log; the
+/// writer deletes it when its PUT meets it ([`replace_orphan`]).
+async fn unwind(flights: &mut FuturesOrdered<Landing>, cause: &WriteError) {
     let err = WriteError::Store {
         key: match cause {
             WriteError::Store { key, .. } => key.clone(),
@@ -656,30 +679,17 @@ async fn unwind(
         },
         message: format!("an earlier chunk in flight failed ({cause}); this write was not applied"),
     };
-    let mut landed = Vec::new();
     while let Some((mut flight, put)) = flights.next().await {
         crate::metrics::METRICS
             .proposals_failed
             .inc_by(flight.batch.len() as u64);
         fail_all(&mut flight.batch, &err);
         if let (Some(chunk), Some(Ok(_))) = (flight.chunk, put) {
-            landed.push(chunk.key);
+            tracing::warn!(
+                key = chunk.key,
+                "a chunk landed after an earlier one failed; never acknowledged, it is replaced when the log reaches its position again"
+            );
         }
-    }
-    let mut first_error = None;
-    // Newest first: a reload that finds some left still sees them after a gap.
-    for key in landed.into_iter().rev() {
-        tracing::warn!(
-            key,
-            "deleting a chunk that landed after an earlier one failed (never acknowledged)"
-        );
-        if let Err(e) = store.delete(&key).await {
-            first_error.get_or_insert(WriteError::store(&key, &e));
-        }
-    }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(()),
     }
 }
 

@@ -332,7 +332,10 @@ impl State {
     /// one still in flight (pipelined commits) carries the shared events of whatever was
     /// published when its base was built, which may miss the revisions published since.
     pub fn inherit_shared(&mut self, published: &State) {
-        self.tails = published.tails.clone();
+        // Only onto a state at or past it: its events are then this state's too.
+        if published.revision <= self.revision {
+            self.tails = published.tails.clone();
+        }
     }
 
     /// Records that this state is published after one whose head was `previous`: the

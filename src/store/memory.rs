@@ -31,6 +31,8 @@ pub enum Fault {
     /// Wait, then fail with a transient error without applying (a request that timed out
     /// while later ones went through).
     DelayThenFail(Duration),
+    /// Wait, apply, then report a transient error (a slow PUT whose response was lost).
+    DelayApplyThenFail(Duration),
     /// Fail every call of this operation from now on until faults are cleared.
     Outage,
 }
@@ -121,6 +123,10 @@ impl MemoryStore {
             Some(Fault::DelayThenFail(d)) => {
                 tokio::time::sleep(d).await;
                 Err(injected(key))
+            }
+            Some(Fault::DelayApplyThenFail(d)) => {
+                tokio::time::sleep(d).await;
+                Ok(true)
             }
         }
     }

@@ -8,6 +8,12 @@
 //! back, and if it holds exactly the bytes we sent, the write was ours and succeeded. (Every
 //! object Netsy writes conditionally is unique to its writer: chunks carry the leader id and
 //! timestamps, the leader lease carries holder and term.)
+//!
+//! S3 Express One Zone directory buckets (names ending in `--x-s3`) work too: the SDK finds
+//! their zonal endpoint and session credentials from the name; they take the same
+//! conditional writes; their listings come back unordered, without `start-after` and only
+//! for prefixes ending in `/`, which `list` makes up for here; their ETags are not MD5s,
+//! which nothing here relies on (a conflict is recognised as ours by comparing bytes).
 
 use super::{Object, ObjectMeta, ObjectStore, PutMode, Result, StoreError};
 use async_trait::async_trait;
@@ -44,7 +50,14 @@ pub struct S3Options {
     pub max_attempts: Option<u32>,
     /// Per-attempt timeout (default 10 s).
     pub attempt_timeout: Option<Duration>,
+    /// Treat the bucket as an S3 Express One Zone directory bucket (listings unordered, no
+    /// `start-after`, prefixes ending in `/`). None: when its name ends in `--x-s3`, as
+    /// directory bucket names do.
+    pub directory_bucket: Option<bool>,
 }
+
+/// The suffix every S3 Express One Zone directory bucket name ends with.
+const DIRECTORY_BUCKET_SUFFIX: &str = "--x-s3";
 
 #[derive(Debug, Clone)]
 pub struct S3Store {
@@ -55,6 +68,8 @@ pub struct S3Store {
     storage_class: Option<StorageClass>,
     sse: Option<ServerSideEncryption>,
     sse_kms_key_id: Option<String>,
+    /// An S3 Express One Zone directory bucket: see [`S3Options::directory_bucket`].
+    directory: bool,
 }
 
 impl S3Store {
@@ -116,6 +131,26 @@ impl S3Store {
             .filter(|s| !s.is_empty())
             .map(StorageClass::from);
         let prefix = opts.prefix.trim_matches('/');
+        let directory = opts
+            .directory_bucket
+            .unwrap_or_else(|| opts.bucket.ends_with(DIRECTORY_BUCKET_SUFFIX));
+        if directory {
+            // Directory buckets answer only on their zonal, virtual-hosted endpoint (the SDK
+            // finds it from the name) and store only their own storage class.
+            anyhow::ensure!(
+                !(opts.force_path_style && opts.endpoint.is_none()),
+                "S3 bucket {}: an S3 Express One Zone directory bucket is addressed virtual-hosted style only; drop --s3-force-path-style",
+                opts.bucket
+            );
+            if let Some(class) = &storage_class {
+                anyhow::ensure!(
+                    *class == StorageClass::ExpressOnezone,
+                    "S3 bucket {}: a directory bucket stores only EXPRESS_ONEZONE, not {}",
+                    opts.bucket,
+                    class.as_str()
+                );
+            }
+        }
         Ok(Self {
             client: Client::from_conf(builder.build()),
             bucket: opts.bucket.clone(),
@@ -127,6 +162,7 @@ impl S3Store {
             storage_class,
             sse,
             sse_kms_key_id: opts.sse_kms_key_id.clone(),
+            directory,
         })
     }
 
@@ -271,22 +307,38 @@ impl ObjectStore for S3Store {
     async fn list(&self, prefix: &str, start_after: Option<&str>) -> Result<Vec<ObjectMeta>> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
+        // A directory bucket lists only prefixes ending in '/', with no start-after, in no
+        // particular order: it is asked for the enclosing "directory", and the rest is done
+        // here, for every bucket alike (the trait promises key order).
+        let full = self.full(prefix);
+        let asked = if self.directory {
+            full.rfind('/').map_or("", |i| &full[..=i]).to_string()
+        } else {
+            full.clone()
+        };
         loop {
             let mut req = self
                 .client
                 .list_objects_v2()
                 .bucket(&self.bucket)
-                .prefix(self.full(prefix));
+                .prefix(&asked);
             if let Some(t) = &token {
                 req = req.continuation_token(t);
-            } else if let Some(s) = start_after {
+            } else if let Some(s) = start_after.filter(|_| !self.directory) {
                 req = req.start_after(self.full(s));
             }
             let resp = req.send().await.map_err(|e| map_err(prefix, e))?;
             for obj in resp.contents() {
-                let Some(key) = obj.key().and_then(|k| k.strip_prefix(&self.prefix)) else {
+                let Some(key) = obj
+                    .key()
+                    .filter(|k| k.starts_with(&full))
+                    .and_then(|k| k.strip_prefix(&self.prefix))
+                else {
                     continue;
                 };
+                if start_after.is_some_and(|s| key <= s) {
+                    continue;
+                }
                 out.push(ObjectMeta {
                     key: key.to_string(),
                     size: obj.size().unwrap_or(0).max(0) as u64,
@@ -301,6 +353,7 @@ impl ObjectStore for S3Store {
                 _ => break,
             }
         }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
 
