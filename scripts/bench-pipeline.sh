@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Writes at S3-like latency (`just bench-pipeline`): a fresh Netsy on a local directory
-# whose every store request is delayed (--store-latency-ms, with a fifth of it as jitter:
-# 25 ms is about S3 Standard's PUT, 5 ms S3 Express One Zone's), for each number of chunk
-# PUTs in flight; `netsy bench` puts with 1..256 clients and the Kubernetes-shaped workload
+# Writes at S3-like latency (`just bench-pipeline`): a fresh Netsy on the in-memory store
+# whose every request is delayed by a mean of L ms (--store-latency-ms 0.8 L plus up to
+# --store-jitter-ms 0.4 L, uniform: 25 ms is about S3 Standard's PUT, 5 ms S3 Express One
+# Zone's; the memory store, so that no local fsync is counted on top), for each number of
+# chunk PUTs in flight; `netsy bench` puts with 1..256 clients and the Kubernetes-shaped workload
 # with 16. Prints one table row per run and a summary (writes/s and p50 against one PUT).
 # LATENCIES, DEPTHS, CLIENTS and SECONDS override the lists (space-separated).
 set -euo pipefail
@@ -22,12 +23,12 @@ trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 echo "# machine: $(nproc) cores, netsy $("$bin" --version | cut -d' ' -f2)"
 for lat in $latencies; do
-  jitter=$(python3 -c "print($lat / 5)")
+  base=$(python3 -c "print($lat * 0.8)")
+  jitter=$(python3 -c "print($lat * 0.4)")
   for depth in $depths; do
     p=$(port)
-    rm -rf "$work/store"
-    RUST_LOG=warn "$bin" serve --store "$work/store" --listen-client-addr "127.0.0.1:$p" \
-      --store-latency-ms "$lat" --store-jitter-ms "$jitter" --max-chunks-in-flight "$depth" \
+    RUST_LOG=warn "$bin" serve --store memory:// --listen-client-addr "127.0.0.1:$p" \
+      --store-latency-ms "$base" --store-jitter-ms "$jitter" --max-chunks-in-flight "$depth" \
       >"$work/netsy.log" 2>&1 &
     pid=$!
     for _ in $(seq 1 300); do curl -fsS "http://127.0.0.1:$p/readyz" >/dev/null 2>&1 && break; sleep 0.2; done

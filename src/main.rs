@@ -174,6 +174,8 @@ enum BenchWorkload {
     Watch,
     Mixed,
     Memory,
+    Kubernetes,
+    Idle,
     Startup,
 }
 
@@ -192,6 +194,8 @@ async fn bench(a: BenchArgs) -> anyhow::Result<()> {
             BenchWorkload::Watch => Some(Workload::Watch),
             BenchWorkload::Mixed => Some(Workload::Mixed),
             BenchWorkload::Memory => Some(Workload::Memory),
+            BenchWorkload::Kubernetes => Some(Workload::Kubernetes),
+            BenchWorkload::Idle => Some(Workload::Idle),
             BenchWorkload::Startup => None,
         })
         .collect();

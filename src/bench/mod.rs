@@ -85,7 +85,7 @@ pub enum Workload {
     /// Kubernetes-shaped: the clients update shared objects as GuaranteedUpdate does (CAS on
     /// mod_revision, retried from the current object on a conflict), while 4 watch streams
     /// with prev_kv (kube-apiserver's watch caches) follow the prefix and one client lists
-    /// it in pages of 500; acknowledged writes/s.
+    /// it in pages of 500 ten times a second; acknowledged writes/s.
     Kubernetes,
 }
 

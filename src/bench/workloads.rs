@@ -572,8 +572,9 @@ pub(super) async fn run(
 }
 
 /// The Kubernetes workload's readers until `stop`: 4 watch streams with prev_kv on the
-/// prefix (counting events) and one client listing it in pages of 500. Returns (events,
-/// lists).
+/// prefix (counting events) and one client listing it in pages of 500 ten times a second
+/// (a reflector's relist or a paginated list the watch cache cannot serve). Returns
+/// (events, lists).
 fn kubernetes_readers(
     chans: &[Channel],
     prefix: &str,
@@ -622,7 +623,9 @@ fn kubernetes_readers(
     let mut lister = kv(chans, 0);
     let lists = tokio::spawn(async move {
         let mut n = 0u64;
+        let mut every = tokio::time::interval(Duration::from_millis(100));
         while !stop.load(Ordering::Relaxed) {
+            every.tick().await;
             let mut from = start.clone();
             loop {
                 let Ok(r) = lister

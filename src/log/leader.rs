@@ -236,6 +236,18 @@ pub struct Leader {
     /// When (see [`Leader::ns`]) the last successful PUT that proves this holder alive (a
     /// renewal or a chunk) was sent.
     proved_at: Arc<AtomicU64>,
+    /// Chunk PUTs in flight: one that lands proves the holder alive, so a renewal falling
+    /// due meanwhile waits for it (while the lease has time to spare).
+    chunks_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts a chunk PUT in flight for as long as it lives (see [`Leader::chunk_sent`]).
+pub struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 const RECORD_KEY: &[u8] = b"netsy/leader";
@@ -392,6 +404,7 @@ impl Leader {
                             (timing.duration - timing.margin).as_nanos() as u64,
                         )),
                         proved_at: Arc::new(AtomicU64::new(0)),
+                        chunks_in_flight: Arc::default(),
                     });
                 }
                 Err(e) if e.is_conflict() => {
@@ -515,6 +528,21 @@ impl Leader {
             + self.timing.renew_after()
     }
 
+    /// A chunk PUT is on its way; in flight until the guard is dropped.
+    pub fn chunk_sent(&self) -> InFlight {
+        self.chunks_in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.chunks_in_flight.clone())
+    }
+
+    /// How long this holder stays valid without another proof of life.
+    fn valid_for(&self) -> Duration {
+        Duration::from_nanos(
+            self.valid_until
+                .load(Ordering::Acquire)
+                .saturating_sub(self.ns(Instant::now())),
+        )
+    }
+
     /// Renews until cancelled or lost, whenever no successful PUT (renewal or chunk) was
     /// sent for [`LeaderTiming::renew_after`]. Transient failures are retried while the
     /// lease is still valid; returns why it stopped.
@@ -534,6 +562,18 @@ impl Leader {
             }
             if stop.is_cancelled() {
                 return LeaderError::Shutdown;
+            }
+            // A chunk on its way will prove it alive when it lands (heartbeats are cut just
+            // before a renewal would fall due, to ride on it): wait for it, while the lease
+            // leaves room for a renewal attempt after all.
+            if self.chunks_in_flight.load(Ordering::Acquire) > 0
+                && self.valid_for() > self.timing.duration / 5
+            {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                    _ = stop.cancelled() => return LeaderError::Shutdown,
+                }
+                continue;
             }
             loop {
                 match self.renew().await {
@@ -807,6 +847,46 @@ mod tests {
         assert!(at.duration_since(quiet) >= timing.patience());
         assert!(!a.is_valid(), "b took over while a could still acknowledge");
         assert_eq!(b.term(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_falling_due_waits_for_a_chunk_in_flight() {
+        let mem = Arc::new(MemoryStore::new());
+        let store: DynStore = mem.clone();
+        let stop = CancellationToken::new();
+        let timing = LeaderTiming::of(Duration::from_millis(800));
+        let a = Leader::acquire(
+            store.clone(),
+            "a",
+            &Identity::default(),
+            timing,
+            &stop,
+            &Contention::default(),
+        )
+        .await
+        .unwrap();
+        let renewer = {
+            let (a, stop) = (a.clone(), stop.clone());
+            tokio::spawn(async move { a.keep_renewed(stop).await })
+        };
+        // A chunk sent 10 ms before the renewal is due (420 ms) lands 100 ms later: no
+        // renewal, its landing is the proof.
+        tokio::time::sleep(Duration::from_millis(410)).await;
+        let sent = Instant::now();
+        let chunk = a.chunk_sent();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        a.proved_alive(sent);
+        drop(chunk);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(renewals(&mem).await, 0);
+        // One that does not land: the renewal goes out once only d/5 of validity is left
+        // (validity 700 ms from the chunk's send at 410 ms, so at 950 ms).
+        let _stuck = a.chunk_sent();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(renewals(&mem).await, 1);
+        assert!(a.is_valid());
+        stop.cancel();
+        let _ = renewer.await;
     }
 
     #[tokio::test(start_paused = true)]

@@ -14,9 +14,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Chunk PUTs in flight by default. At S3's 25 ms per PUT, one at a time makes a write
-/// wait for the PUT in flight and then its own (two PUTs); with four, a write waits on
-/// average an eighth of a PUT for a slot, and a leader under load sends 160 PUTs a second.
-pub const DEFAULT_IN_FLIGHT: usize = 4;
+/// wait for the PUT in flight and then its own (two PUTs); with eight, a write waits on
+/// average a sixteenth of a PUT for a slot (p50 1.2 PUTs with 64 clients, against 1.34
+/// with four), and a leader under load sends up to 320 PUTs a second (docs/performance.md
+/// has the table).
+pub const DEFAULT_IN_FLIGHT: usize = 8;
 
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
@@ -42,9 +44,10 @@ pub struct WriterConfig {
     pub heartbeat_prefixes: Vec<Bytes>,
 }
 
-/// How long before the leader's proof of life is due a batch of heartbeats is cut, so that
-/// its chunk lands (and proves the leader alive) before the lease renewal would go out.
-const HEARTBEAT_LEAD: Duration = Duration::from_millis(150);
+/// How long before the leader's proof of life is due a batch of heartbeats is cut: its
+/// chunk is then in flight when the renewal falls due, which waits for it to land instead
+/// of writing the lease object (`Leader::keep_renewed`).
+const HEARTBEAT_LEAD: Duration = Duration::from_millis(20);
 
 impl Default for WriterConfig {
     fn default() -> Self {
@@ -355,7 +358,7 @@ pub async fn run_writer(
             }
             let pending = positions.iter().flatten().next().copied();
             let position = tail.as_ref().map_or_else(|| log.next_position(), |t| t.1);
-            let (flight, next_tail) = cut(log, store, config, batch, tail.take(), pending);
+            let (flight, next_tail) = cut(log, store, leader, config, batch, tail.take(), pending);
             // A chunk was sent when the tail moved (or a first one was cut).
             let sent = next_tail.as_ref().is_some_and(|t| t.1 != position);
             positions.push_back(sent.then_some(position));
@@ -441,6 +444,7 @@ async fn sleep_until(at: Option<Instant>) {
 fn cut(
     log: &Log,
     store: &DynStore,
+    leader: &Leader,
     config: &WriterConfig,
     batch: Vec<Proposal>,
     tail: Option<(State, Position)>,
@@ -536,8 +540,10 @@ fn cut(
         results,
         chunk: Some(chunk),
     };
+    let in_flight = leader.chunk_sent();
     let landing: Landing = Box::pin(async move {
         let put = store.put(&key, encoded, PutMode::Create).await;
+        drop(in_flight);
         (flight, Some(put))
     });
     (landing, Some((work, next)))
