@@ -5,7 +5,8 @@
 # scheduler leaders every 2 s, an event every 5 s), the S3 requests of every node counted
 # from their metrics and priced at S3 Standard and S3 Express One Zone request prices.
 # Extra arguments go to every `netsy serve` (e.g. --heartbeat-prefixes "" to see the cost
-# without the heartbeat class). SECONDS per run: ${IDLE_SECONDS:-120}.
+# without the heartbeat class). SECONDS per run: ${IDLE_SECONDS:-120}; cluster sizes:
+# ${IDLE_NODES:-"1 3"}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${BENCH_OUT:-target/bench}
@@ -24,7 +25,7 @@ ready() { # port
   for _ in $(seq 1 300); do curl -fsS "http://127.0.0.1:$1/readyz" >/dev/null 2>&1 && return; sleep 0.2; done
   echo "bench-idle.sh: node on $1 did not become ready" >&2; exit 1
 }
-for nodes in 1 3; do
+for nodes in ${IDLE_NODES:-1 3}; do
   prefix="s3://netsy-test/idle-$nodes-$(date +%s)"
   endpoints=()
   for i in $(seq 1 "$nodes"); do
@@ -40,6 +41,6 @@ for nodes in 1 3; do
   sleep 5
   target="netsy-${nodes}node=$(IFS=,; echo "${endpoints[*]}")"
   "$bin" bench --target "$target" --workload idle --duration-seconds "$seconds" \
-    --json "$out/idle-$nodes.json"
+    --json "$out/idle-$nodes.json" 2>/dev/null | tail -n +2
   stop_all
 done

@@ -5,14 +5,16 @@
 #      datastore the Go Netsy compares itself with; built from github.com/k3s-io/kine by
 #      scripts/kube-build.sh refs, skipped with a note if Go is missing), and fresh Netsy
 #      nodes on the local directory store, on the same store with every request delayed as
-#      S3 Standard's (25 ms) and S3 Express One Zone's (5 ms) would be (--store-latency-ms,
-#      a fifth of it as jitter), and, if LocalStack answers (scripts/localstack.sh start),
+#      S3 Standard's (25 ms) and S3 Express One Zone's (5 ms) would be (a mean of L ms:
+#      --store-latency-ms 0.8 L plus up to --store-jitter-ms 0.4 L), and, if LocalStack
+#      answers (scripts/localstack.sh start),
 #      on LocalStack;
 #   3. runs `netsy bench` against all of them (ratios are to etcd) and the in-process
 #      `startup` workload; then `etcdctl check perf --load=l` against etcd, Netsy (file) and
 #      examples/noop_kv.rs, a gRPC server that stores nothing: the most any server can reach
 #      with that client on this machine (etcdctl's own CPU time is printed with each).
-# Arguments go to `netsy bench` (e.g. --duration-seconds 5 --workload put,get).
+# Arguments go to `netsy bench` (e.g. --duration-seconds 5 --workload put,get);
+# BENCH_TARGETS_ONLY=1 skips the startup workload and the etcdctl checks.
 # Results: a table on stdout, JSON in ${BENCH_OUT:-target/bench}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,7 +62,7 @@ fi
 for lat in 25 5; do
   lat_port=$(port)
   RUST_LOG=warn "$bin" serve --store "$work/netsy-$lat" --listen-client-addr "127.0.0.1:$lat_port" \
-    --store-latency-ms "$lat" --store-jitter-ms "$(python3 -c "print($lat / 5)")" \
+    --store-latency-ms "$(python3 -c "print($lat * 0.8)")" --store-jitter-ms "$(python3 -c "print($lat * 0.4)")" \
     >"$work/netsy-$lat.log" 2>&1 &
   pids+=($!)
   wait_health "http://127.0.0.1:$lat_port" "netsy (+$lat ms)"
@@ -80,6 +82,8 @@ fi
 
 echo "# machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(etcd --version | head -1), netsy $("$bin" --version | cut -d' ' -f2)"
 "$bin" bench "${targets[@]}" --json "$out/bench.json" "$@"
+# BENCH_TARGETS_ONLY=1: only the workloads above (repeated runs for a range).
+[ "${BENCH_TARGETS_ONLY:-0}" = 1 ] && exit 0
 "$bin" bench --workload startup --json "$out/startup.json"
 
 noop_port=$(port)

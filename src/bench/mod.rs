@@ -82,8 +82,8 @@ pub enum Workload {
     /// controller-manager and scheduler leaders theirs every 2 s, and an event is written
     /// every 5 s; S3 requests by kind over all the nodes and what they cost a month.
     Idle,
-    /// Kubernetes-shaped: the clients update shared objects as GuaranteedUpdate does (CAS on
-    /// mod_revision, retried from the current object on a conflict), while 4 watch streams
+    /// Kubernetes-shaped: the clients update shared objects as GuaranteedUpdate does (a get,
+    /// then CAS on mod_revision, retried from the current object on a conflict), while 4 watch streams
     /// with prev_kv (kube-apiserver's watch caches) follow the prefix and one client lists
     /// it in pages of 500 ten times a second; acknowledged writes/s.
     Kubernetes,

@@ -457,13 +457,12 @@ pub(super) async fn run(
                 let (prefix, pattern) = (prefix_owned.clone(), pattern.clone());
                 async move {
                     let k = key(&prefix, rand::random::<u64>() as usize % objects);
-                    // GuaranteedUpdate: read the object (kube-apiserver's cache would
-                    // hold it), then compare-and-swap, retrying from what a conflict
-                    // returns.
+                    // GuaranteedUpdate: read the object (as kube-apiserver's etcd3 store
+                    // does when its cache cannot say, linearizably), then compare-and-swap,
+                    // retrying from what a conflict returns.
                     let r = kv
                         .range(RangeRequest {
                             key: k.clone(),
-                            serializable: true,
                             ..Default::default()
                         })
                         .await?;
