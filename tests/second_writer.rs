@@ -105,6 +105,8 @@ async fn paused_leader_is_succeeded_and_steps_down(store: &str) {
         free_port(),
         &["--leader-lease-seconds", "3", "--name", "b"],
     );
+    // b replays, then follows: the writers' second counts from when it serves.
+    b.wait_ready().await;
     let acked: Acked = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();
