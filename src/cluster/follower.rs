@@ -218,9 +218,12 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let mut last_error = String::new();
+    let mut quick = 0;
     while !stop.is_cancelled() {
         let outcome = follow_once(&node, &log, &store, cluster_id, &term, &stop).await;
         if !matches!(**node.role.load(), Role::NoLeader) {
+            // It was following: a new series of attempts.
+            quick = 0;
             node.set_role(Role::NoLeader);
             // The stream ended: the leader may have released the lease on its way out.
             node.contention.wake();
@@ -231,6 +234,18 @@ pub async fn run(
             if text != last_error {
                 tracing::warn!(error = %text, "not following a leader");
                 last_error = text;
+            }
+            // A handover (the lease released, or already taken by a newer term): the old
+            // leader landed everything before it let go, and its successor streams. Look
+            // for it again at once, for a second at most, rather than spend the tail and
+            // the late looks below (up to four seconds while the successor writes) first.
+            if quick < QUICK_RETRIES && handed_over(&store, &term).await {
+                quick += 1;
+                tokio::select! {
+                    _ = tokio::time::sleep(QUICK_RETRY) => {}
+                    _ = stop.cancelled() => return,
+                }
+                continue;
             }
             // Unreachable is not gone: a leader cut off from this node may still write to
             // the bucket, which this node then reads. For a while only, then it tries the
@@ -253,6 +268,19 @@ pub async fn run(
             _ = tokio::time::sleep(RETRY) => {}
             _ = stop.cancelled() => {}
         }
+    }
+}
+
+/// Between quick attempts to find a successor after a handover, and how many.
+const QUICK_RETRY: Duration = Duration::from_millis(50);
+const QUICK_RETRIES: usize = 20;
+
+/// Whether the lease shows a handover: released by its holder, or held under a newer term
+/// than the leader this node followed.
+async fn handed_over(store: &DynStore, term: &AtomicU64) -> bool {
+    match Leader::read(store).await {
+        Ok(Some(view)) => view.released || view.term > term.load(Ordering::Relaxed),
+        _ => false,
     }
 }
 

@@ -155,16 +155,23 @@ impl RoleLoop {
         // Counted before stepping down closes their streams.
         let followers = self.node.follower_count();
         log.set_leader(None);
+        let stopping = matches!(exit, WriterExit::Shutdown | WriterExit::Closed);
+        if stopping {
+            // Released before the followers' streams end: a follower whose stream ends
+            // wakes its contender, which takes a released lease at once but waits a whole
+            // lease for one still held (it raced the release before: seconds of no leader).
+            self.queue.reject_pending(&WriteError::Shutdown);
+            if let Err(e) = leader.release(followers).await {
+                tracing::warn!(error = %e, "could not release the leader lease");
+            }
+        }
         self.node.set_role(Role::NoLeader);
         let _ = snapshotter.await;
         let _ = expiry.await;
         adopt.abort();
         match exit {
             WriterExit::Shutdown | WriterExit::Closed => {
-                self.queue.reject_pending(&WriteError::Shutdown);
-                if let Err(e) = leader.release(followers).await {
-                    tracing::warn!(error = %e, "could not release the leader lease");
-                }
+                debug_assert!(stopping);
                 false
             }
             WriterExit::Fenced(reason) => {

@@ -1024,3 +1024,30 @@ fn a_heartbeat_touches_only_keys_under_the_prefixes() {
     assert!(!wide.is_heartbeat(&prefixes));
     assert!(!Request::Compact(5).is_heartbeat(&prefixes));
 }
+
+/// Under steady load the queue is never empty: the writer still stops at once when asked
+/// (a SIGTERM handover used to wait for a lull in the load).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_stops_promptly_under_steady_load() {
+    let r = start(std::sync::Arc::new(MemoryStore::new())).await;
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    for w in 0..32 {
+        let (log, busy) = (r.log.clone(), busy.clone());
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while busy.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let _ = log.write(put(&format!("w{w}/{}", i % 8), "v")).await;
+            }
+        });
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(r.log.state().revision > 100, "the load is running");
+    r.stop.cancel();
+    let exit = tokio::time::timeout(std::time::Duration::from_secs(2), r.task)
+        .await
+        .expect("the writer stopped within 2 s under load")
+        .unwrap();
+    busy.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert!(matches!(exit, WriterExit::Shutdown));
+}

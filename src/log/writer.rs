@@ -347,7 +347,7 @@ pub async fn run_writer(
             }
         }
         let due = cut_at.is_some_and(|t| t <= Instant::now());
-        if due && flights.len() < depth {
+        if due && flights.len() < depth && !shutdown.is_cancelled() {
             cut_at = None;
             forming_bytes = 0;
             let batch = std::mem::take(&mut forming);
@@ -370,7 +370,24 @@ pub async fn run_writer(
             forming.len() >= config.max_batch_records || forming_bytes >= config.max_batch_bytes;
         let wait_cut = cut_at.filter(|_| flights.len() < depth);
         tokio::select! {
+            // Shutdown first: under steady load the queue is never empty, and a handover
+            // must not wait for a lull.
             biased;
+            _ = shutdown.cancelled() => {
+                // The chunks in flight land and are answered (a handover loses nothing
+                // acknowledged-to-be); what was not cut yet is refused.
+                fail_all(&mut forming, &WriteError::Shutdown);
+                while let Some((flight, put)) = flights.next().await {
+                    if let Err(Failure::Fenced(e) | Failure::Failed(e)) =
+                        land(log, store, leader, flight, put, &mut chunks_written).await
+                    {
+                        // Stopping either way: the rest fail with it.
+                        let _ = abandon(flights, e).await;
+                        break;
+                    }
+                }
+                return WriterExit::Shutdown;
+            }
             landed = flights.next(), if !flights.is_empty() => {
                 let (flight, put) = landed.expect("not empty");
                 positions.pop_front();
@@ -413,21 +430,6 @@ pub async fn run_writer(
                 }
             },
             _ = sleep_until(wait_cut) => {}
-            _ = shutdown.cancelled() => {
-                // The chunks in flight land and are answered (a handover loses nothing
-                // acknowledged-to-be); what was not cut yet is refused.
-                fail_all(&mut forming, &WriteError::Shutdown);
-                while let Some((flight, put)) = flights.next().await {
-                    if let Err(Failure::Fenced(e) | Failure::Failed(e)) =
-                        land(log, store, leader, flight, put, &mut chunks_written).await
-                    {
-                        // Stopping either way: the rest fail with it.
-                        let _ = abandon(flights, e).await;
-                        break;
-                    }
-                }
-                return WriterExit::Shutdown;
-            }
         }
     }
 }
