@@ -240,6 +240,10 @@ pub async fn run(
             // for it again at once, for a second at most, rather than spend the tail and
             // the late looks below (up to four seconds while the successor writes) first.
             if quick < QUICK_RETRIES && handed_over(&store, &term).await {
+                if quick == 0 {
+                    // A released lease is this node's to take too.
+                    node.contention.wake();
+                }
                 quick += 1;
                 tokio::select! {
                     _ = tokio::time::sleep(QUICK_RETRY) => {}
