@@ -547,15 +547,11 @@ impl Leader {
     /// sent for [`LeaderTiming::renew_after`]. Transient failures are retried while the
     /// lease is still valid; returns why it stopped.
     pub async fn keep_renewed(&self, stop: CancellationToken) -> LeaderError {
-        let idle = self.timing.renew_after();
         loop {
-            let since = Duration::from_nanos(
-                self.ns(Instant::now())
-                    .saturating_sub(self.proved_at.load(Ordering::Acquire)),
-            );
-            if since < idle {
+            let due = self.proof_due();
+            if Instant::now() < due {
                 tokio::select! {
-                    _ = tokio::time::sleep(idle - since) => {}
+                    _ = tokio::time::sleep_until(due) => {}
                     _ = stop.cancelled() => return LeaderError::Shutdown,
                 }
                 continue;

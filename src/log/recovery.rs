@@ -291,15 +291,13 @@ pub(crate) fn chunk_position(
 
 /// Whether a chunk that does not continue the log is one a pipelined commit left behind:
 /// it was sent while an earlier chunk was not yet durable (`pending_revision` set), and the
-/// chunk it names as its predecessor is not in the log (`chain` holds the CRC of every
-/// chunk replayed, and of the one a snapshot names). Such a chunk was never acknowledged:
+/// chunk it names as its predecessor is not in the log (`in_log` says, by CRC: in
+/// recovery, every chunk replayed and the one a snapshot names). Such a chunk was never acknowledged:
 /// a leader acknowledges a chunk only after every chunk before it is durable, and a durable
 /// chunk stays in the log. Its key may even be reused by the chunk that is in the log there
 /// after a new leader deleted it. Anything else that does not fit is corruption.
-pub(crate) fn is_orphan(header: &FileHeader, chain: &std::collections::HashSet<u64>) -> bool {
-    header.pending_revision != 0
-        && header.previous_crc != 0
-        && !chain.contains(&header.previous_crc)
+pub(crate) fn is_orphan(header: &FileHeader, in_log: impl Fn(u64) -> bool) -> bool {
+    header.pending_revision != 0 && header.previous_crc != 0 && !in_log(header.previous_crc)
 }
 
 /// Whether a chunk at the log position `expected` continues a log whose last chunk has CRC
@@ -453,7 +451,7 @@ pub async fn recover_cluster(
             // A log's first chunk names no predecessor.
             None => file.header.previous_crc == 0,
         };
-        if !follows && is_orphan(&file.header, &chain) {
+        if !follows && is_orphan(&file.header, |crc| chain.contains(&crc)) {
             tracing::warn!(
                 key,
                 %position,

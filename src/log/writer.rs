@@ -251,20 +251,13 @@ struct Chunk {
 type Landing = futures::future::BoxFuture<'static, (Flight, Option<Result<String, StoreError>>)>;
 
 /// Whether the object `existing` at a position this writer is about to fill was left by
-/// a failed pipelined commit (see [`super::recovery::is_orphan`]): sent while an earlier
-/// chunk was pending, naming a predecessor other than this writer's, which is durable. A
-/// chunk at this position that was ever acknowledged would follow the log's chunk before
-/// it, this writer's.
+/// a failed pipelined commit ([`super::recovery::is_orphan`]): the only chunk in the log
+/// that one at this position could follow is this writer's previous chunk, which is
+/// durable; one naming another predecessor was never acknowledged.
 fn is_orphan_of(existing: &[u8], key: &str, previous_crc: u64) -> bool {
-    match format::decode(key, existing) {
-        Ok(file) => {
-            file.header.pending_revision != 0
-                && file.header.previous_crc != 0
-                && previous_crc != 0
-                && file.header.previous_crc != previous_crc
-        }
-        Err(_) => false,
-    }
+    previous_crc != 0
+        && format::decode(key, existing)
+            .is_ok_and(|file| super::recovery::is_orphan(&file.header, |crc| crc == previous_crc))
 }
 
 /// The outcome of a chunk PUT that failed on a conflict, once an orphan left at the key
@@ -313,13 +306,13 @@ pub async fn run_writer(
     let depth = config.max_in_flight.max(1);
     let mut chunks_written = 0usize;
     let mut flights: FuturesOrdered<Landing> = FuturesOrdered::new();
-    // The log position of each flight's chunk (None: nothing to write), in flight order.
-    let mut positions: std::collections::VecDeque<Option<Position>> = Default::default();
     // The state and position the last batch in flight leads to (None: the published ones).
     let mut tail: Option<(State, Position)> = None;
     let mut forming: Vec<Proposal> = Vec::new();
     let mut forming_bytes = 0usize;
     let mut cut_at: Option<Instant> = None;
+    // The queue ended (every `Log` handle dropped).
+    let mut closed = false;
     // When a proposal joins the batch being formed: a heartbeat waits for the proof of
     // life, anything else for the commit window at most.
     let deadline = |p: &Proposal| {
@@ -356,15 +349,15 @@ pub async fn run_writer(
                 fail_all(&mut batch, &WriteError::LeaseExpired);
                 return abandon(flights, WriteError::LeaseExpired).await;
             }
-            let pending = positions.iter().flatten().next().copied();
-            let position = tail.as_ref().map_or_else(|| log.next_position(), |t| t.1);
-            let (flight, next_tail) = cut(log, store, leader, config, batch, tail.take(), pending);
-            // A chunk was sent when the tail moved (or a first one was cut).
-            let sent = next_tail.as_ref().is_some_and(|t| t.1 != position);
-            positions.push_back(sent.then_some(position));
+            let (flight, next_tail) = cut(log, store, leader, config, batch, tail.take());
             tail = next_tail;
             flights.push_back(flight);
             continue;
+        }
+        if closed && forming.is_empty() {
+            // Every handle is gone: what is in flight lands, then the writer ends.
+            land_all(log, store, leader, &mut flights, &mut chunks_written).await;
+            return WriterExit::Closed;
         }
         let full =
             forming.len() >= config.max_batch_records || forming_bytes >= config.max_batch_bytes;
@@ -377,20 +370,11 @@ pub async fn run_writer(
                 // The chunks in flight land and are answered (a handover loses nothing
                 // acknowledged-to-be); what was not cut yet is refused.
                 fail_all(&mut forming, &WriteError::Shutdown);
-                while let Some((flight, put)) = flights.next().await {
-                    if let Err(Failure::Fenced(e) | Failure::Failed(e)) =
-                        land(log, store, leader, flight, put, &mut chunks_written).await
-                    {
-                        // Stopping either way: the rest fail with it.
-                        let _ = abandon(flights, e).await;
-                        break;
-                    }
-                }
+                land_all(log, store, leader, &mut flights, &mut chunks_written).await;
                 return WriterExit::Shutdown;
             }
             landed = flights.next(), if !flights.is_empty() => {
                 let (flight, put) = landed.expect("not empty");
-                positions.pop_front();
                 match land(log, store, leader, flight, put, &mut chunks_written).await {
                     Ok(()) => {
                         if flights.is_empty() {
@@ -402,32 +386,18 @@ pub async fn run_writer(
                         // Nothing after the failed chunk may be acknowledged; the next
                         // batch takes its position.
                         tail = None;
-                        positions.clear();
                         unwind(&mut flights, &err).await;
                     }
                 }
             }
-            p = queue.0.recv(), if !full => match p {
+            p = queue.0.recv(), if !full && !closed => match p {
                 Some(p) => {
                     forming_bytes += p.request.size();
                     let at = deadline(&p);
                     cut_at = Some(cut_at.map_or(at, |c| c.min(at)));
                     forming.push(p);
                 }
-                None => {
-                    if forming.is_empty() && flights.is_empty() {
-                        return WriterExit::Closed;
-                    }
-                    if forming.is_empty() {
-                        // Let what is in flight land before closing.
-                        while let Some((flight, put)) = flights.next().await {
-                            if land(log, store, leader, flight, put, &mut chunks_written).await.is_err() {
-                                break;
-                            }
-                        }
-                        return WriterExit::Closed;
-                    }
-                }
+                None => closed = true,
             },
             _ = sleep_until(wait_cut) => {}
         }
@@ -450,12 +420,18 @@ fn cut(
     config: &WriterConfig,
     batch: Vec<Proposal>,
     tail: Option<(State, Position)>,
-    pending: Option<Position>,
 ) -> (Landing, Option<(State, Position)>) {
     let in_flight = tail.is_some();
+    // Flights land in order, so the first chunk not yet acknowledged (landed or not) is
+    // the one at the published position; one is in flight when the tail is past it.
+    let published = log.next_position();
+    let pending = tail
+        .as_ref()
+        .is_some_and(|t| t.1 != published)
+        .then_some(published);
     let (mut work, position) = match tail {
         Some(t) => t,
-        None => ((*log.state()).clone(), log.next_position()),
+        None => ((*log.state()).clone(), published),
     };
     let base_revision = work.revision;
     let mut records = Vec::new();
@@ -504,8 +480,8 @@ fn cut(
         cluster_id: config.cluster_id,
         created_at: Some(created_at),
         previous_crc,
-        // The oldest chunk still in flight (landed or not): conservative, so that a chunk
-        // naming no pending position really followed a durable one.
+        // Conservative (it may have landed already), so that a chunk naming no pending
+        // position really followed a durable one.
         pending: pending.map_or((0, 0), |p| (p.revision, p.seq)),
         ..Default::default()
     };
@@ -542,10 +518,10 @@ fn cut(
         results,
         chunk: Some(chunk),
     };
-    let in_flight = leader.chunk_sent();
+    let sending = leader.chunk_sent();
     let landing: Landing = Box::pin(async move {
         let put = store.put(&key, encoded, PutMode::Create).await;
-        drop(in_flight);
+        drop(sending);
         (flight, Some(put))
     });
     (landing, Some((work, next)))
@@ -687,17 +663,11 @@ async fn unwind(flights: &mut FuturesOrdered<Landing>, cause: &WriteError) {
         },
         message: format!("an earlier chunk in flight failed ({cause}); this write was not applied"),
     };
-    while let Some((mut flight, put)) = flights.next().await {
-        crate::metrics::METRICS
-            .proposals_failed
-            .inc_by(flight.batch.len() as u64);
-        fail_all(&mut flight.batch, &err);
-        if let (Some(chunk), Some(Ok(_))) = (flight.chunk, put) {
-            tracing::warn!(
-                key = chunk.key,
-                "a chunk landed after an earlier one failed; never acknowledged, it is replaced when the log reaches its position again"
-            );
-        }
+    for key in fail_flights(flights, &err).await {
+        tracing::warn!(
+            key,
+            "a chunk landed after an earlier one failed; never acknowledged, it is replaced when the log reaches its position again"
+        );
     }
 }
 
@@ -705,11 +675,40 @@ async fn unwind(flights: &mut FuturesOrdered<Landing>, cause: &WriteError) {
 /// chunks, if they land, are never adopted: each names a predecessor this writer never
 /// acknowledged, or is a successor that whoever leads next may adopt, unacknowledged).
 async fn abandon(mut flights: FuturesOrdered<Landing>, err: WriteError) -> WriterExit {
-    while let Some((mut flight, _)) = flights.next().await {
+    fail_flights(&mut flights, &err).await;
+    WriterExit::Fenced(err)
+}
+
+/// Fails every flight still in the air with `err` as it lands; returns the keys of the
+/// chunks that landed anyway.
+async fn fail_flights(flights: &mut FuturesOrdered<Landing>, err: &WriteError) -> Vec<String> {
+    let mut landed = Vec::new();
+    while let Some((mut flight, put)) = flights.next().await {
         crate::metrics::METRICS
             .proposals_failed
             .inc_by(flight.batch.len() as u64);
-        fail_all(&mut flight.batch, &err);
+        fail_all(&mut flight.batch, err);
+        if let (Some(chunk), Some(Ok(_))) = (flight.chunk, put) {
+            landed.push(chunk.key);
+        }
     }
-    WriterExit::Fenced(err)
+    landed
+}
+
+/// Lands every flight still in the air, in order (the writer is stopping and cuts no
+/// more); once one fails, the rest fail with it.
+async fn land_all(
+    log: &Log,
+    store: &DynStore,
+    leader: &Leader,
+    flights: &mut FuturesOrdered<Landing>,
+    chunks_written: &mut usize,
+) {
+    while let Some((flight, put)) = flights.next().await {
+        if let Err(Failure::Fenced(e) | Failure::Failed(e)) =
+            land(log, store, leader, flight, put, chunks_written).await
+        {
+            fail_flights(flights, &e).await;
+        }
+    }
 }
