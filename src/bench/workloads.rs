@@ -186,10 +186,45 @@ fn header_rev(h: &Option<crate::proto::etcdserverpb::ResponseHeader>) -> i64 {
     h.as_ref().map_or(0, |h| h.revision)
 }
 
+/// kube-apiserver's GuaranteedUpdate as it reaches etcd: put `value` if `key` is still at
+/// mod revision `last`, else read it back to retry from.
+fn guaranteed_update(key: &Bytes, last: i64, value: Bytes) -> TxnRequest {
+    TxnRequest {
+        compare: vec![Compare {
+            result: compare::CompareResult::Equal as i32,
+            target: compare::CompareTarget::Mod as i32,
+            key: key.clone(),
+            target_union: Some(compare::TargetUnion::ModRevision(last)),
+            ..Default::default()
+        }],
+        success: vec![RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: key.clone(),
+                value,
+                ..Default::default()
+            })),
+        }],
+        failure: vec![RequestOp {
+            request: Some(request_op::Request::RequestRange(RangeRequest {
+                key: key.clone(),
+                ..Default::default()
+            })),
+        }],
+    }
+}
+
+/// The target's `/metrics` text (None if it serves none).
+async fn metrics_text(endpoint: &str) -> Option<String> {
+    let addr = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    match crate::http::get(addr, "/metrics").await {
+        Ok((200, text)) => Some(text),
+        _ => None,
+    }
+}
+
 /// Every unlabelled sample of the target's `/metrics` (empty if it has none).
 async fn scrape(endpoint: &str) -> BTreeMap<String, f64> {
-    let addr = endpoint.trim_start_matches("http://").trim_end_matches('/');
-    let Ok((200, text)) = crate::http::get(addr, "/metrics").await else {
+    let Some(text) = metrics_text(endpoint).await else {
         return BTreeMap::new();
     };
     text.lines()
@@ -380,28 +415,7 @@ pub(super) async fn run(
                     let k = key(&prefix, slot);
                     let last = revs[slot].load(Ordering::Relaxed);
                     let r = kv
-                        .txn(TxnRequest {
-                            compare: vec![Compare {
-                                result: compare::CompareResult::Equal as i32,
-                                target: compare::CompareTarget::Mod as i32,
-                                key: k.clone(),
-                                target_union: Some(compare::TargetUnion::ModRevision(last)),
-                                ..Default::default()
-                            }],
-                            success: vec![RequestOp {
-                                request: Some(request_op::Request::RequestPut(PutRequest {
-                                    key: k.clone(),
-                                    value: value(size, &pattern),
-                                    ..Default::default()
-                                })),
-                            }],
-                            failure: vec![RequestOp {
-                                request: Some(request_op::Request::RequestRange(RangeRequest {
-                                    key: k,
-                                    ..Default::default()
-                                })),
-                            }],
-                        })
+                        .txn(guaranteed_update(&k, last, value(size, &pattern)))
                         .await?;
                     let r = r.into_inner();
                     let rev = header_rev(&r.header);
@@ -469,30 +483,7 @@ pub(super) async fn run(
                     let mut last = r.get_ref().kvs.first().map_or(0, |kv| kv.mod_revision);
                     for _ in 0..16 {
                         let r = kv
-                            .txn(TxnRequest {
-                                compare: vec![Compare {
-                                    result: compare::CompareResult::Equal as i32,
-                                    target: compare::CompareTarget::Mod as i32,
-                                    key: k.clone(),
-                                    target_union: Some(compare::TargetUnion::ModRevision(last)),
-                                    ..Default::default()
-                                }],
-                                success: vec![RequestOp {
-                                    request: Some(request_op::Request::RequestPut(PutRequest {
-                                        key: k.clone(),
-                                        value: value(size, &pattern),
-                                        ..Default::default()
-                                    })),
-                                }],
-                                failure: vec![RequestOp {
-                                    request: Some(request_op::Request::RequestRange(
-                                        RangeRequest {
-                                            key: k.clone(),
-                                            ..Default::default()
-                                        },
-                                    )),
-                                }],
-                            })
+                            .txn(guaranteed_update(&k, last, value(size, &pattern)))
                             .await?
                             .into_inner();
                         if r.succeeded {
@@ -833,9 +824,8 @@ const MONTH_SECONDS: f64 = 30.0 * 24.0 * 3600.0;
 /// Store requests by operation (put, get, get_range, list, delete), every outcome counted
 /// (S3 bills failed requests too), from one node's metrics.
 async fn store_requests(endpoint: &str) -> BTreeMap<String, f64> {
-    let addr = endpoint.trim_start_matches("http://").trim_end_matches('/');
     let mut out = BTreeMap::new();
-    let Ok((200, text)) = crate::http::get(addr, "/metrics").await else {
+    let Some(text) = metrics_text(endpoint).await else {
         return out;
     };
     for line in text.lines() {
@@ -936,23 +926,11 @@ async fn idle(
                     // GuaranteedUpdate, as the lease clients' updates reach etcd.
                     let k = Bytes::from(key.clone());
                     match kv
-                        .txn(TxnRequest {
-                            compare: vec![Compare {
-                                result: compare::CompareResult::Equal as i32,
-                                target: compare::CompareTarget::Mod as i32,
-                                key: k.clone(),
-                                target_union: Some(compare::TargetUnion::ModRevision(last)),
-                                ..Default::default()
-                            }],
-                            success: vec![RequestOp {
-                                request: Some(request_op::Request::RequestPut(PutRequest {
-                                    key: k.clone(),
-                                    value: Bytes::from(format!("renewed {n}")),
-                                    ..Default::default()
-                                })),
-                            }],
-                            failure: vec![],
-                        })
+                        .txn(guaranteed_update(
+                            &k,
+                            last,
+                            Bytes::from(format!("renewed {n}")),
+                        ))
                         .await
                     {
                         Ok(r) => {
