@@ -37,6 +37,7 @@ pub const POINTS: &[&str] = &[
     "chunk-before-put",
     "chunk-after-put",
     "store-before-link",
+    "segment-before-sync",
     "snapshot-before-put",
     "snapshot-after-put",
     "cleanup-after-delete",

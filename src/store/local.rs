@@ -41,6 +41,7 @@ const PREPARE_BATCH: usize = 500;
 fn key_path(root: &Path, key: &str) -> Option<PathBuf> {
     let valid = !key.is_empty()
         && !key.starts_with('/')
+        && key.split('/').next() != Some(super::segments::SEGMENTS_DIR)
         && key
             .split('/')
             .all(|c| !c.is_empty() && c != "." && c != ".." && !c.starts_with(TMP_PREFIX));
@@ -132,6 +133,37 @@ impl LocalStore {
             durable_dirs: Arc::default(),
             preparing: Arc::default(),
         })
+    }
+
+    /// The directory this store keeps its objects in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Refuses a key that could escape the root or name something that is not an object.
+    pub(crate) fn check_key(&self, key: &str) -> Result<()> {
+        self.path(key).map(|_| ())
+    }
+
+    /// An object's bytes, on the calling thread.
+    pub(crate) fn read_blocking(&self, key: &str) -> std::io::Result<Vec<u8>> {
+        match key_path(&self.root, key) {
+            Some(path) => fs::read(path),
+            None => Err(ErrorKind::NotFound.into()),
+        }
+    }
+
+    /// Deletes an object (a missing one too), on the calling thread.
+    pub(crate) fn delete_blocking(&self, key: &str) -> std::io::Result<()> {
+        let Some(path) = key_path(&self.root, key) else {
+            return Ok(());
+        };
+        let _lock = self.lock()?;
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(path.parent().expect("keys have a parent")),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     fn path(&self, key: &str) -> Result<PathBuf> {
@@ -360,16 +392,10 @@ impl ObjectStore for LocalStore {
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        let path = self.path(key)?;
-        self.blocking(key, move |store| {
-            let _lock = store.lock()?;
-            match fs::remove_file(&path) {
-                Ok(()) => sync_dir(path.parent().expect("keys have a parent")),
-                Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(e),
-            }
-        })
-        .await
+        self.path(key)?;
+        let k = key.to_string();
+        self.blocking(key, move |store| store.delete_blocking(&k))
+            .await
     }
 
     fn describe(&self) -> String {
@@ -406,7 +432,8 @@ fn walk(dir: &Path, rel: &str, f: &mut impl FnMut(&str, &fs::Metadata)) -> std::
         let entry = entry?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.starts_with(TMP_PREFIX) {
+        if name.starts_with(TMP_PREFIX) || (rel.is_empty() && name == super::segments::SEGMENTS_DIR)
+        {
             continue;
         }
         let key = if rel.is_empty() {

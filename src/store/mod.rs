@@ -16,6 +16,7 @@ pub mod local;
 pub mod memory;
 pub mod metered;
 pub mod s3;
+pub mod segments;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -125,13 +126,18 @@ pub async fn open(url: &str, options: &StoreOptions) -> anyhow::Result<DynStore>
     Ok(Arc::new(metered::Metered(store)))
 }
 
+/// The embedded store: the log's chunks appended to segment files, everything else a file.
+fn directory(path: &str) -> std::io::Result<segments::SegmentStore> {
+    segments::SegmentStore::open(path, &[crate::log::layout::CHUNKS])
+}
+
 async fn open_backend(url: &str, options: &StoreOptions) -> anyhow::Result<DynStore> {
     if let Some(path) = url.strip_prefix("file://") {
         anyhow::ensure!(
             path.starts_with('/'),
             "store URL {url}: file:// needs an absolute path (file:///var/lib/netsy)"
         );
-        Ok(Arc::new(local::LocalStore::open(path)?))
+        Ok(Arc::new(directory(path)?))
     } else if let Some(rest) = url.strip_prefix("s3://") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         anyhow::ensure!(!bucket.is_empty(), "store URL {url}: missing bucket name");
@@ -145,7 +151,7 @@ async fn open_backend(url: &str, options: &StoreOptions) -> anyhow::Result<DynSt
         Ok(Arc::new(memory::MemoryStore::new()))
     } else if !url.contains("://") && !url.is_empty() {
         // A plain directory path, relative or absolute.
-        Ok(Arc::new(local::LocalStore::open(url)?))
+        Ok(Arc::new(directory(url)?))
     } else {
         anyhow::bail!("store URL {url}: expected file:///path, s3://bucket/prefix or memory://")
     }
