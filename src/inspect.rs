@@ -1,5 +1,6 @@
 //! `netsy inspect`: show a `.netsy` file and verify every CRC, for operators looking at a
-//! bucket. Reads a local path, `file://` URL or `s3://bucket/key`.
+//! bucket. Reads a local path, `file://` URL or `s3://bucket/key`; a chunk of a directory
+//! store (kept in its segments) by the path it would have as a file.
 
 use crate::format::{self, json, DataFile};
 use crate::proto::netsy::{FileCompression, FileKind, RecordKind};
@@ -23,8 +24,35 @@ pub async fn fetch(target: &str, s3: &S3Options) -> anyhow::Result<Vec<u8>> {
         Ok(store.get(key).await?.data.to_vec())
     } else {
         let path = target.strip_prefix("file://").unwrap_or(target);
-        std::fs::read(path).with_context(|| format!("reading {path}"))
+        match std::fs::read(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(data) = from_directory_store(std::path::Path::new(path)).await? {
+                    return Ok(data);
+                }
+                Err(e).with_context(|| format!("reading {path}"))
+            }
+            read => read.with_context(|| format!("reading {path}")),
+        }
     }
+}
+
+/// A chunk of a directory store is in its segments, not a file of its own: `path` is
+/// looked up as a key of the nearest directory above it that holds segments.
+async fn from_directory_store(path: &std::path::Path) -> anyhow::Result<Option<Vec<u8>>> {
+    use crate::store::segments::{SegmentStore, SEGMENTS_DIR};
+    let path = std::path::absolute(path)?;
+    for root in path.ancestors().skip(1) {
+        if root.join(SEGMENTS_DIR).is_dir() {
+            let key = path.strip_prefix(root)?.to_string_lossy().into_owned();
+            let store = SegmentStore::open(root, &[crate::log::layout::CHUNKS])?;
+            return match store.get(&key).await {
+                Ok(object) => Ok(Some(object.data.to_vec())),
+                Err(crate::store::StoreError::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e.into()),
+            };
+        }
+    }
+    Ok(None)
 }
 
 /// Renders a decoded file as JSON: `{"header":…, "records":[…], "footer":…}`.

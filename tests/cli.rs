@@ -47,6 +47,34 @@ fn inspect_shows_a_go_file_and_exits_zero() {
 }
 
 #[test]
+fn inspect_reads_a_chunk_of_a_directory_store_by_its_path() {
+    // The directory store keeps chunks in segment files: inspect finds them by key.
+    let dir = tempfile::tempdir().unwrap();
+    let key = "chunks/0007/0000000000000000007.netsy";
+    let data = std::fs::read(format!("{GO}/chunk-plain.netsy")).unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use netsy::store::{ObjectStore, PutMode};
+        let store = netsy::store::open(dir.path().to_str().unwrap(), &Default::default())
+            .await
+            .unwrap();
+        store.put(key, data.into(), PutMode::Create).await.unwrap();
+    });
+    assert!(!dir.path().join(key).exists());
+    let path = dir.path().join(key);
+    let out = netsy(&["inspect", &format!("file://{}", path.display())]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("/registry/pods/ns3/obj-0"), "{text}");
+    let missing = dir.path().join("chunks/0008/0000000000000000008.netsy");
+    let out = netsy(&["inspect", missing.to_str().unwrap()]);
+    assert!(!out.status.success());
+}
+
+#[test]
 fn inspect_accepts_every_go_reference_file() {
     for f in [
         "chunk-plain.netsy",

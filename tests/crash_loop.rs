@@ -331,6 +331,9 @@ fn pick_crash(points: &[&str], turn: &mut usize) -> Option<String> {
     let nth = match point {
         "snapshot-before-put" | "snapshot-after-put" => 1,
         "cleanup-after-delete" => 1 + rand::random::<u64>() % 3,
+        // On the directory store only snapshots and the leader lease are files of their
+        // own (chunks are appended to segments).
+        "store-before-link" => 1 + rand::random::<u64>() % 2,
         _ => 1 + rand::random::<u64>() % 60,
     };
     Some(format!("{point}:{nth}"))
@@ -522,12 +525,13 @@ async fn file_store_crash_loop() {
     .await;
 }
 
-/// The crash points an S3 store can reach: the local store's link step does not exist there.
+/// The crash points an S3 store can reach: the directory store's link and segment sync
+/// steps do not exist there.
 fn s3_points() -> Vec<&'static str> {
     netsy::crashpoint::POINTS
         .iter()
         .copied()
-        .filter(|p| *p != "store-before-link")
+        .filter(|p| !matches!(*p, "store-before-link" | "segment-before-sync"))
         .collect()
 }
 
