@@ -53,7 +53,7 @@ fn inspect_reads_a_chunk_of_a_directory_store_by_its_path() {
     let key = "chunks/0007/0000000000000000007.netsy";
     let data = std::fs::read(format!("{GO}/chunk-plain.netsy")).unwrap();
     tokio::runtime::Runtime::new().unwrap().block_on(async {
-        use netsy::store::{ObjectStore, PutMode};
+        use netsy::store::PutMode;
         let store = netsy::store::open(dir.path().to_str().unwrap(), &Default::default())
             .await
             .unwrap();
