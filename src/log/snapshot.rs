@@ -110,6 +110,9 @@ pub async fn write_snapshot(
 }
 
 /// What one clean-up pass deleted.
+/// Covered chunks deleted at a time.
+const CLEAN_UP_CONCURRENCY: usize = 16;
+
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Cleaned {
     pub chunks: usize,
@@ -140,15 +143,23 @@ pub async fn clean_up(
         return Ok(Cleaned::default());
     };
     let mut cleaned = Cleaned::default();
-    for m in store.list(layout::CHUNKS, None).await? {
-        // Every chunk named at or below the snapshot revision is covered: ours and the Go
-        // preview's are named by their first position, Netsy 1.0's by their last revision.
-        if let Some((rev, _)) = layout::parse_chunk_key(&m.key) {
-            if rev <= covered {
-                store.delete(&m.key).await?;
-                crate::crashpoint::hit("cleanup-after-delete");
-                cleaned.chunks += 1;
-            }
+    // Every chunk named at or below the snapshot revision is covered: ours and the Go
+    // preview's are named by their first position, Netsy 1.0's by their last revision.
+    let covered_chunks: Vec<String> = store
+        .list(layout::CHUNKS, None)
+        .await?
+        .into_iter()
+        .filter(|m| layout::parse_chunk_key(&m.key).is_some_and(|(rev, _)| rev <= covered))
+        .map(|m| m.key)
+        .collect();
+    // Several at a time, oldest first: the directory store syncs the deletes that arrive
+    // together once, and S3 answers them in parallel.
+    for batch in covered_chunks.chunks(CLEAN_UP_CONCURRENCY) {
+        let deleted = futures::future::join_all(batch.iter().map(|key| store.delete(key))).await;
+        for result in deleted {
+            result?;
+            crate::crashpoint::hit("cleanup-after-delete");
+            cleaned.chunks += 1;
         }
     }
     let excess = snapshots.len().saturating_sub(keep.max(1));
