@@ -235,9 +235,10 @@ async fn verify(addr: &str, ledger: &Ledger) -> Result<Verified, etcd_client::Er
             );
         }
     }
-    // The keyspace equals the history folded up.
+    // The keyspace at the head equals the history up to it folded up (the watch may have
+    // gone past the head: a write abandoned by a stopped writer can still be committed).
     let mut folded: BTreeMap<String, (String, i64)> = BTreeMap::new();
-    for (rev, changes) in &history {
+    for (rev, changes) in history.range(..=head) {
         for (key, value) in changes {
             match value {
                 Some(v) => folded.insert(key.clone(), (v.clone(), *rev)),

@@ -54,7 +54,6 @@ struct Entry {
     /// Offset of the data in the segment.
     offset: u64,
     len: u64,
-    etag: String,
     modified_ms: i64,
 }
 
@@ -198,7 +197,6 @@ impl Index {
                 segment,
                 offset: record.data_offset,
                 len: record.data.len() as u64,
-                etag: content_etag(&record.data),
                 modified_ms: record.modified_ms,
             };
             self.objects.insert(record.key, entry);
@@ -407,11 +405,17 @@ impl Committer {
         let mut answers = Vec::with_capacity(group.len());
         let mut buf = Vec::new();
         for job in group {
-            let current = match view.get(job.key.as_str()) {
-                Some(v) => v.clone(),
+            // Only a conditional update needs the current object's etag: the others only
+            // whether it exists. None: absent; Some(None): present, etag not computed.
+            let want_etag = matches!(&job.put, Some((_, PutMode::Update(_))));
+            let current: Option<Option<String>> = match view.get(job.key.as_str()) {
+                Some(v) => v.clone().map(Some),
                 None => match index.objects.get(&job.key) {
-                    Some(e) => Some(e.etag.clone()),
-                    None => self.legacy_etag(&job.key)?,
+                    Some(e) if want_etag => {
+                        Some(Some(content_etag(&shared.read(e, 0, u64::MAX)?)))
+                    }
+                    Some(_) => Some(None),
+                    None => self.legacy_etag(&job.key)?.map(Some),
                 },
             };
             let answer = match &job.put {
@@ -420,7 +424,9 @@ impl Committer {
                         PutMode::Overwrite => Ok(()),
                         PutMode::Create if current.is_some() => Err(Refused::Exists),
                         PutMode::Create => Ok(()),
-                        PutMode::Update(want) if current.as_ref() == Some(want) => Ok(()),
+                        PutMode::Update(want) if current.as_ref() == Some(&Some(want.clone())) => {
+                            Ok(())
+                        }
                         PutMode::Update(_) => Err(Refused::Precondition),
                     };
                     allowed.map(|()| {
@@ -614,7 +620,7 @@ impl SegmentStore {
         .await
     }
 
-    async fn read(&self, key: &str, start: u64, end: u64) -> Result<Option<(Bytes, String)>> {
+    async fn read(&self, key: &str, start: u64, end: u64) -> Result<Option<Bytes>> {
         // A segment removed between the lookup and the read held nothing current by then:
         // look again.
         for _ in 0..3 {
@@ -632,7 +638,7 @@ impl SegmentStore {
                 message: e.to_string(),
             })?;
             match read {
-                Ok(data) => return Ok(Some((data.into(), entry.etag))),
+                Ok(data) => return Ok(Some(data.into())),
                 Err(e) if e.kind() == ErrorKind::NotFound => continue,
                 Err(e) => {
                     return Err(StoreError::Other {
@@ -680,7 +686,8 @@ impl SegmentStore {
 impl ObjectStore for SegmentStore {
     async fn get(&self, key: &str) -> Result<Object> {
         if self.appended(key) {
-            if let Some((data, etag)) = self.read(key, 0, u64::MAX).await? {
+            if let Some(data) = self.read(key, 0, u64::MAX).await? {
+                let etag = content_etag(&data);
                 return Ok(Object { data, etag });
             }
         }
@@ -689,7 +696,7 @@ impl ObjectStore for SegmentStore {
 
     async fn get_range(&self, key: &str, start: u64, end: u64) -> Result<Bytes> {
         if self.appended(key) {
-            if let Some((data, _)) = self.read(key, start, end).await? {
+            if let Some(data) = self.read(key, start, end).await? {
                 return Ok(data);
             }
         }
