@@ -109,10 +109,10 @@ pub async fn write_snapshot(
     }
 }
 
-/// What one clean-up pass deleted.
 /// Covered chunks deleted at a time.
 const CLEAN_UP_CONCURRENCY: usize = 16;
 
+/// What one clean-up pass deleted.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Cleaned {
     pub chunks: usize,
@@ -145,15 +145,20 @@ pub async fn clean_up(
     let mut cleaned = Cleaned::default();
     // Every chunk named at or below the snapshot revision is covered: ours and the Go
     // preview's are named by their first position, Netsy 1.0's by their last revision.
-    let covered_chunks: Vec<String> = store
+    let mut covered_chunks: Vec<(i64, String)> = store
         .list(layout::CHUNKS, None)
         .await?
         .into_iter()
-        .filter(|m| layout::parse_chunk_key(&m.key).is_some_and(|(rev, _)| rev <= covered))
-        .map(|m| m.key)
+        .filter_map(|m| {
+            let (rev, _) = layout::parse_chunk_key(&m.key)?;
+            (rev <= covered).then_some((rev, m.key))
+        })
         .collect();
-    // Several at a time, oldest first: the directory store syncs the deletes that arrive
-    // together once, and S3 answers them in parallel.
+    // Oldest first (keys sort by partition, not by revision), so the directory store can
+    // drop its oldest segments as the pass goes; several at a time: it syncs the deletes
+    // that arrive together once, and S3 answers them in parallel.
+    covered_chunks.sort();
+    let covered_chunks: Vec<String> = covered_chunks.into_iter().map(|(_, key)| key).collect();
     for batch in covered_chunks.chunks(CLEAN_UP_CONCURRENCY) {
         let deleted = futures::future::join_all(batch.iter().map(|key| store.delete(key))).await;
         for result in deleted {

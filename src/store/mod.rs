@@ -1,9 +1,11 @@
 //! The object store: the only durable state Netsy has.
 //!
-//! One small trait with exactly the operations the log needs, and three backends that must
-//! behave identically: S3 (production), a local directory (the embedded default), and
-//! memory (tests, with fault injection). Faults, throttles and limits are added by wrapping a
-//! store, not by flags inside backends. Every backend passes the same [`conformance`] suite.
+//! One small trait with exactly the operations the log needs, and backends that must
+//! behave identically: S3 (production), a local directory (the embedded default: chunks
+//! appended to segment files by [`segments`], every other key a file of [`local`]), and
+//! memory (tests, with fault injection). Faults, throttles and limits are added by wrapping
+//! a store, not by flags inside backends. Every backend passes the same [`conformance`]
+//! suite.
 //!
 //! The distinction that matters to callers is between "someone else wrote it"
 //! ([`StoreError::AlreadyExists`] / [`StoreError::Precondition`]) and everything else: the

@@ -458,7 +458,10 @@ impl Committer {
                 index.apply(id, r);
             }
             index.segments.entry(id).or_default().scanned = end;
-            self.remove_dead(&mut index)?;
+            // The group is durable: a segment that cannot be removed now is removed later.
+            if let Err(e) = self.remove_dead(&mut index) {
+                tracing::warn!(error = %e, "could not remove an emptied segment");
+            }
         }
         drop(index);
         // Deletes also remove a plain file of the same key (a chunk of an earlier version).
@@ -544,7 +547,7 @@ pub struct SegmentStore {
     files: LocalStore,
     shared: Arc<Shared>,
     prefixes: Vec<String>,
-    jobs: Mutex<mpsc::Sender<Job>>,
+    jobs: mpsc::Sender<Job>,
 }
 
 impl SegmentStore {
@@ -583,7 +586,7 @@ impl SegmentStore {
             files,
             shared,
             prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
-            jobs: Mutex::new(tx),
+            jobs: tx,
         })
     }
 
@@ -665,7 +668,7 @@ impl SegmentStore {
             key: key.to_string(),
             message: "the segment writer stopped".into(),
         };
-        self.jobs.lock().unwrap().send(job).map_err(|_| closed())?;
+        self.jobs.send(job).map_err(|_| closed())?;
         match answer.await.map_err(|_| closed())? {
             Ok(etag) => Ok(etag),
             Err(Refused::Exists) => Err(StoreError::AlreadyExists {
