@@ -78,7 +78,7 @@ struct Record {
     key: String,
     modified_ms: i64,
     data_offset: u64,
-    data: Vec<u8>,
+    len: u64,
 }
 
 /// What reading a segment from an offset found.
@@ -165,7 +165,7 @@ fn read_records(file: &mut File, from: u64, mut f: impl FnMut(Record)) -> std::i
             key,
             modified_ms,
             data_offset: at + HEADER as u64 + key_len,
-            data,
+            len: data_len,
         });
         at = end;
     }
@@ -196,7 +196,7 @@ impl Index {
             let entry = Entry {
                 segment,
                 offset: record.data_offset,
-                len: record.data.len() as u64,
+                len: record.len,
                 modified_ms: record.modified_ms,
             };
             self.objects.insert(record.key, entry);
@@ -258,13 +258,11 @@ impl Shared {
                 index.segments.entry(id).or_default();
                 continue;
             }
-            let mut records = Vec::new();
-            let tail = read_records(&mut file, scanned, |r| records.push(r))?;
             let mut end = scanned;
-            for r in records {
-                end = r.data_offset + r.data.len() as u64;
+            let tail = read_records(&mut file, scanned, |r| {
+                end = r.data_offset + r.len;
                 index.apply(id, r);
-            }
+            })?;
             index.segments.entry(id).or_default().scanned = end;
             let at = match tail {
                 Tail::Clean => continue,
@@ -404,6 +402,8 @@ impl Committer {
         let mut view: HashMap<&str, Option<String>> = HashMap::new();
         let mut answers = Vec::with_capacity(group.len());
         let mut buf = Vec::new();
+        // What is appended, offsets relative to the start of `buf`.
+        let mut written = Vec::new();
         for job in group {
             // Only a conditional update needs the current object's etag: the others only
             // whether it exists. None: absent; Some(None): present, etag not computed.
@@ -432,6 +432,13 @@ impl Committer {
                     allowed.map(|()| {
                         let etag = content_etag(data);
                         encode(KIND_PUT, &job.key, data, now, &mut buf);
+                        written.push(Record {
+                            kind: KIND_PUT,
+                            key: job.key.clone(),
+                            modified_ms: now,
+                            data_offset: (buf.len() - data.len()) as u64,
+                            len: data.len() as u64,
+                        });
                         view.insert(&job.key, Some(etag.clone()));
                         etag
                     })
@@ -439,6 +446,13 @@ impl Committer {
                 None => {
                     if current.is_some() {
                         encode(KIND_DELETE, &job.key, &[], now, &mut buf);
+                        written.push(Record {
+                            kind: KIND_DELETE,
+                            key: job.key.clone(),
+                            modified_ms: now,
+                            data_offset: buf.len() as u64,
+                            len: 0,
+                        });
                     }
                     view.insert(&job.key, None);
                     Ok(String::new())
@@ -448,16 +462,11 @@ impl Committer {
         }
         if !buf.is_empty() {
             let (id, start) = self.append(&mut index, &buf)?;
-            // Index what was written, as a reader would.
-            let mut file = File::open(self.shared.segment_path(id))?;
-            let mut records = Vec::new();
-            read_records(&mut file, start, |r| records.push(r))?;
-            let mut end = start;
-            for r in records {
-                end = r.data_offset + r.data.len() as u64;
+            for mut r in written {
+                r.data_offset += start;
                 index.apply(id, r);
             }
-            index.segments.entry(id).or_default().scanned = end;
+            index.segments.entry(id).or_default().scanned = start + buf.len() as u64;
             // The group is durable: a segment that cannot be removed now is removed later.
             if let Err(e) = self.remove_dead(&mut index) {
                 tracing::warn!(error = %e, "could not remove an emptied segment");
@@ -834,6 +843,27 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(names, [SEGMENTS_DIR]);
+    }
+
+    #[tokio::test]
+    async fn puts_committed_together_read_back_from_the_writer_and_from_a_new_handle() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), &["chunks/"]);
+        let keys: Vec<String> = (0..64).map(|i| format!("chunks/{i:02}")).collect();
+        futures::future::join_all(keys.iter().enumerate().map(|(i, k)| {
+            let data = Bytes::from(format!("value {i} ").repeat(i + 1));
+            store.put(k, data, PutMode::Create)
+        }))
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>>>()
+        .unwrap();
+        let other = open(dir.path(), &["chunks/"]);
+        for (i, k) in keys.iter().enumerate() {
+            let want = format!("value {i} ").repeat(i + 1);
+            assert_eq!(store.get(k).await.unwrap().data, want, "{k}, writer");
+            assert_eq!(other.get(k).await.unwrap().data, want, "{k}, other");
+        }
     }
 
     #[tokio::test]
