@@ -54,9 +54,8 @@ fn inspect_reads_a_chunk_of_a_directory_store_by_its_path() {
     let data = std::fs::read(format!("{GO}/chunk-plain.netsy")).unwrap();
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         use netsy::store::PutMode;
-        let store = netsy::store::open(dir.path().to_str().unwrap(), &Default::default())
-            .await
-            .unwrap();
+        let url = format!("segments://{}", dir.path().display());
+        let store = netsy::store::open(&url, &Default::default()).await.unwrap();
         store.put(key, data.into(), PutMode::Create).await.unwrap();
     });
     assert!(!dir.path().join(key).exists());

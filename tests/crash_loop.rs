@@ -332,7 +332,7 @@ fn pick_crash(points: &[&str], turn: &mut usize) -> Option<String> {
     let nth = match point {
         "snapshot-before-put" | "snapshot-after-put" => 1,
         "cleanup-after-delete" => 1 + rand::random::<u64>() % 3,
-        // On the directory store only snapshots and the leader lease are files of their
+        // On the segments:// store only snapshots and the leader lease are files of their
         // own (chunks are appended to segments).
         "store-before-link" => 1 + rand::random::<u64>() % 2,
         _ => 1 + rand::random::<u64>() % 60,
@@ -516,11 +516,28 @@ fn cycles(var: &str, default: usize) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_store_crash_loop() {
     let dir = tempfile::tempdir().unwrap();
-    let points = netsy::crashpoint::POINTS;
+    // The segment sync is the segments:// store's (its own loop below).
+    let points: Vec<&str> = netsy::crashpoint::POINTS
+        .iter()
+        .copied()
+        .filter(|p| *p != "segment-before-sync")
+        .collect();
     crash_loop(
         &format!("file://{}", dir.path().display()),
         cycles("NETSY_CRASH_CYCLES", 40),
-        points,
+        &points,
+        false,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_store_crash_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    crash_loop(
+        &format!("segments://{}", dir.path().display()),
+        cycles("NETSY_CRASH_CYCLES_SEGMENTS", 24),
+        netsy::crashpoint::POINTS,
         false,
     )
     .await;
