@@ -1,4 +1,4 @@
-//! The embedded default: a local directory whose chunk objects are appended to segment
+//! `segments:///dir`, opt-in: a local directory whose chunk objects are appended to segment
 //! files, so a commit costs one `fdatasync` of an append instead of a new file, its inode
 //! and two syncs (the [`LocalStore`]'s create-if-absent). Commits arriving while one is
 //! being synced are written and synced together: with several chunk PUTs in flight that is
@@ -17,6 +17,9 @@
 //! - A record cut short by a crash is at the end of the last segment; the next writer,
 //!   holding the lock, truncates it (its PUT was never answered). A record whose CRC does
 //!   not match anywhere else is corruption, and is reported, never skipped.
+//! - Not the default: under load the lock is held most of the time, so a process paused
+//!   while holding it (SIGSTOP) stalls every other process on the directory until it
+//!   continues or dies. Safety holds; a successor's availability does not.
 //! - A segment is removed once it is not the last one and everything in it, and in every
 //!   segment before it, is deleted or overwritten (the log deletes chunks oldest first,
 //!   once a snapshot covers them).
