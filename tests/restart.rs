@@ -159,7 +159,7 @@ async fn snapshots_are_written_cleaned_up_and_used_at_restart() {
             .await
             .unwrap();
     }
-    // The test reads the directory as another process would: chunks are in segments.
+    // The test reads the chunks through the store, as another process would.
     let reader = netsy::store::open(&store, &Default::default())
         .await
         .unwrap();
