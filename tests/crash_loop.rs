@@ -323,7 +323,7 @@ async fn start(store: &str, flags: &[&str], crash: Option<&str>) -> Option<Netsy
 /// Picks this cycle's way to die: a crash point (and which hit of it), or a random kill.
 /// Crash points take turns (`turn` counts the cycles that chose one), so every point is
 /// tried as often as the others however few cycles run.
-fn pick_crash(points: &[&str], turn: &mut usize) -> Option<String> {
+fn pick_crash(store: &str, points: &[&str], turn: &mut usize) -> Option<String> {
     if rand::random::<u32>() % 10 < 4 {
         return None;
     }
@@ -334,7 +334,7 @@ fn pick_crash(points: &[&str], turn: &mut usize) -> Option<String> {
         "cleanup-after-delete" => 1 + rand::random::<u64>() % 3,
         // On the segments:// store only snapshots and the leader lease are files of their
         // own (chunks are appended to segments).
-        "store-before-link" => 1 + rand::random::<u64>() % 2,
+        "store-before-link" if store.starts_with("segments://") => 1 + rand::random::<u64>() % 2,
         _ => 1 + rand::random::<u64>() % 60,
     };
     Some(format!("{point}:{nth}"))
@@ -363,7 +363,7 @@ async fn crash_loop(store: &str, cycles: usize, points: &[&str], follower: bool)
     let started = Instant::now();
     let mut turn = 0;
     for cycle in 0..cycles {
-        let crash = pick_crash(points, &mut turn);
+        let crash = pick_crash(store, points, &mut turn);
         let Some(mut n) = start(store, &flags, crash.as_deref()).await else {
             // Only a crash point may end a server before it answers.
             let point = crash.expect("netsy exited while starting without a crash point");
@@ -517,11 +517,7 @@ fn cycles(var: &str, default: usize) -> usize {
 async fn file_store_crash_loop() {
     let dir = tempfile::tempdir().unwrap();
     // The segment sync is the segments:// store's (its own loop below).
-    let points: Vec<&str> = netsy::crashpoint::POINTS
-        .iter()
-        .copied()
-        .filter(|p| *p != "segment-before-sync")
-        .collect();
+    let points = points_except(&["segment-before-sync"]);
     crash_loop(
         &format!("file://{}", dir.path().display()),
         cycles("NETSY_CRASH_CYCLES", 40),
@@ -543,14 +539,19 @@ async fn segments_store_crash_loop() {
     .await;
 }
 
-/// The crash points an S3 store can reach: the directory store's link and segment sync
-/// steps do not exist there.
-fn s3_points() -> Vec<&'static str> {
+/// Every crash point but `excluded` (steps a store does not have).
+fn points_except(excluded: &[&str]) -> Vec<&'static str> {
     netsy::crashpoint::POINTS
         .iter()
         .copied()
-        .filter(|p| !matches!(*p, "store-before-link" | "segment-before-sync"))
+        .filter(|p| !excluded.contains(p))
         .collect()
+}
+
+/// The crash points an S3 store can reach: the directory stores' link and segment sync
+/// steps do not exist there.
+fn s3_points() -> Vec<&'static str> {
+    points_except(&["store-before-link", "segment-before-sync"])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

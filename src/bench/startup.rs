@@ -11,7 +11,7 @@ use crate::log::recovery::recover;
 use crate::mvcc::State;
 use crate::proto::etcdserverpb::PutRequest;
 use crate::proto::netsy::FileKind;
-use crate::store::{local::LocalStore, segments::SegmentStore, ObjectStore, PutMode};
+use crate::store::{local::LocalStore, ObjectStore, PutMode};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -79,11 +79,9 @@ pub async fn run(o: &StartupOptions, dir: &Path) -> anyhow::Result<Vec<Outcome>>
     let mut out = Vec::new();
     let pool = values(1024, o.value_size);
 
-    // A log of chunks, as the writer leaves it after N group-committed writes, in the
-    // directory store's segments.
+    // A log of chunks, as the writer leaves it after N group-committed writes.
     let chunks_dir = dir.join("chunks-bucket");
-    let open_chunks = || SegmentStore::open(&chunks_dir, &[crate::log::layout::CHUNKS]);
-    let store = open_chunks()?;
+    let store = LocalStore::open(&chunks_dir)?;
     let mut state = State::new();
     let mut written = 0;
     let mut chunks = 0;
@@ -105,10 +103,7 @@ pub async fn run(o: &StartupOptions, dir: &Path) -> anyhow::Result<Vec<Outcome>>
         chunks += 1;
     }
     drop(state);
-    drop(store);
-    // Opening reads the segments into the store's index: part of starting.
     let started = Instant::now();
-    let store = open_chunks()?;
     let rec = recover(&store).await?;
     let elapsed = started.elapsed();
     anyhow::ensure!(
@@ -120,7 +115,7 @@ pub async fn run(o: &StartupOptions, dir: &Path) -> anyhow::Result<Vec<Outcome>>
     let mut chunk_outcome = outcome("startup-chunks", rec.records, rec.bytes, elapsed);
     chunk_outcome.extra.insert("chunks".into(), chunks as f64);
     out.push(chunk_outcome);
-    drop((rec, store));
+    drop(rec);
     std::fs::remove_dir_all(&chunks_dir)?;
 
     // A snapshot of S MiB of keys and values.

@@ -154,7 +154,7 @@ pub async fn clean_up(
             (rev <= covered).then_some((rev, m.key))
         })
         .collect();
-    // Oldest first (keys sort by partition, not by revision), so the directory store can
+    // Oldest first (keys sort by partition, not by revision), so the segments store can
     // drop its oldest segments as the pass goes; several at a time: it syncs the deletes
     // that arrive together once, and S3 answers them in parallel.
     covered_chunks.sort();
