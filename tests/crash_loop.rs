@@ -332,9 +332,9 @@ fn pick_crash(store: &str, points: &[&str], turn: &mut usize) -> Option<String> 
     let nth = match point {
         "snapshot-before-put" | "snapshot-after-put" => 1,
         "cleanup-after-delete" => 1 + rand::random::<u64>() % 3,
-        // On the segments:// store only snapshots and the leader lease are files of their
-        // own (chunks are appended to segments).
-        "store-before-link" if store.starts_with("segments://") => 1 + rand::random::<u64>() % 2,
+        // On the default directory store only snapshots and the leader lease are files of
+        // their own (chunks are appended to segments).
+        "store-before-link" if store.starts_with("file://") => 1 + rand::random::<u64>() % 2,
         _ => 1 + rand::random::<u64>() % 60,
     };
     Some(format!("{point}:{nth}"))
@@ -516,24 +516,24 @@ fn cycles(var: &str, default: usize) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_store_crash_loop() {
     let dir = tempfile::tempdir().unwrap();
-    // The segment sync is the segments:// store's (its own loop below).
-    let points = points_except(&["segment-before-sync"]);
     crash_loop(
         &format!("file://{}", dir.path().display()),
         cycles("NETSY_CRASH_CYCLES", 40),
-        &points,
+        netsy::crashpoint::POINTS,
         false,
     )
     .await;
 }
 
+/// `files://`, a file per object: every chunk is linked into place (no segment sync).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn segments_store_crash_loop() {
+async fn files_store_crash_loop() {
     let dir = tempfile::tempdir().unwrap();
+    let points = points_except(&["segment-before-sync"]);
     crash_loop(
-        &format!("segments://{}", dir.path().display()),
-        cycles("NETSY_CRASH_CYCLES_SEGMENTS", 24),
-        netsy::crashpoint::POINTS,
+        &format!("files://{}", dir.path().display()),
+        cycles("NETSY_CRASH_CYCLES_FILES", 16),
+        &points,
         false,
     )
     .await;

@@ -213,10 +213,9 @@ async fn file_store_paused_leader() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn segments_store_paused_leader() {
+async fn files_store_paused_leader() {
     let dir = tempfile::tempdir().unwrap();
-    paused_leader_is_succeeded_and_steps_down(&format!("segments://{}", dir.path().display()))
-        .await;
+    paused_leader_is_succeeded_and_steps_down(&format!("files://{}", dir.path().display())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,8 +1,9 @@
 //! The object store: the only durable state Netsy has.
 //!
 //! One small trait with exactly the operations the log needs, and backends that must
-//! behave identically: S3 (production), a local directory (the embedded default, a file per
-//! object: [`local`]; or, opt-in, chunks appended to segment files by [`segments`]), and
+//! behave identically: S3 (production), a local directory (the embedded default: chunks
+//! appended to segment files by [`segments`], every other key a file of [`local`]; or,
+//! with `files://`, a file per object), and
 //! memory (tests, with fault injection). Faults, throttles and limits are added by wrapping
 //! a store, not by flags inside backends. Every backend passes the same [`conformance`]
 //! suite.
@@ -128,24 +129,26 @@ pub async fn open(url: &str, options: &StoreOptions) -> anyhow::Result<DynStore>
     Ok(Arc::new(metered::Metered(store)))
 }
 
-/// The log's chunks appended to segment files, everything else a file (`segments://`).
-fn segmented(path: &str) -> std::io::Result<segments::SegmentStore> {
+/// The embedded store: the log's chunks appended to segment files, everything else a file.
+fn directory(path: &str) -> std::io::Result<segments::SegmentStore> {
     segments::SegmentStore::open(path, &[crate::log::layout::CHUNKS])
 }
 
 async fn open_backend(url: &str, options: &StoreOptions) -> anyhow::Result<DynStore> {
-    if let Some(path) = url.strip_prefix("file://") {
+    // `segments://` named the segment store while it was not the default.
+    if let Some((scheme, path)) = ["file://", "segments://", "files://"]
+        .into_iter()
+        .find_map(|s| Some((s, url.strip_prefix(s)?)))
+    {
         anyhow::ensure!(
             path.starts_with('/'),
-            "store URL {url}: file:// needs an absolute path (file:///var/lib/netsy)"
+            "store URL {url}: {scheme} needs an absolute path ({scheme}/var/lib/netsy)"
         );
-        Ok(Arc::new(local::LocalStore::open(path)?))
-    } else if let Some(path) = url.strip_prefix("segments://") {
-        anyhow::ensure!(
-            path.starts_with('/'),
-            "store URL {url}: segments:// needs an absolute path (segments:///var/lib/netsy)"
-        );
-        Ok(Arc::new(segmented(path)?))
+        if scheme == "files://" {
+            Ok(Arc::new(local::LocalStore::open(path)?))
+        } else {
+            Ok(Arc::new(directory(path)?))
+        }
     } else if let Some(rest) = url.strip_prefix("s3://") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         anyhow::ensure!(!bucket.is_empty(), "store URL {url}: missing bucket name");
@@ -159,8 +162,8 @@ async fn open_backend(url: &str, options: &StoreOptions) -> anyhow::Result<DynSt
         Ok(Arc::new(memory::MemoryStore::new()))
     } else if !url.contains("://") && !url.is_empty() {
         // A plain directory path, relative or absolute.
-        Ok(Arc::new(local::LocalStore::open(url)?))
+        Ok(Arc::new(directory(url)?))
     } else {
-        anyhow::bail!("store URL {url}: expected file:///path, segments:///path, s3://bucket/prefix or memory://")
+        anyhow::bail!("store URL {url}: expected file:///path, files:///path, s3://bucket/prefix or memory://")
     }
 }
