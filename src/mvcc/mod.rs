@@ -88,21 +88,151 @@ impl Version {
 }
 
 /// All retained versions of one key, oldest first. Shared between states until a write to
-/// this key replaces it. One allocation, exactly sized: most keys hold a single version, and
-/// a write copies the history anyway because the published state still shares it. A thin
-/// pointer (the length lives in the allocation): the key map holds one per key in B-tree
-/// leaves of 16 entries, where a pointer and length made each leaf 16 x 8 bytes larger and
-/// one allocator size class up.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct History(ThinArc<(), Version>);
+/// this key replaces it. Most keys hold a few versions: one allocation, exactly sized, which
+/// a write copies (the published state still shares it). A thin pointer (the length lives
+/// in the allocation): the key map holds one per key in B-tree leaves of 16 entries, where
+/// a pointer and length made each leaf 16 x 8 bytes larger and one allocator size class up.
+/// Past [`SPILL_AFTER`] versions the history moves into a persistent vector held in the
+/// allocation's header, so that a key written thousands of times between compactions (a
+/// hot counter, etcd's benchmark tool) costs a write a path of the vector, not a copy of
+/// every version: copying made such writes quadratic.
+#[derive(Debug, Clone)]
+pub struct History(ThinArc<Option<Box<imbl::Vector<Version>>>, Version>);
+
+/// Versions a history holds in its own allocation before it moves into a vector.
+const SPILL_AFTER: usize = 16;
+
+impl PartialEq for History {
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (self.versions(), other.versions());
+        a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x == y)
+    }
+}
+
+impl Eq for History {}
+
+/// A history's versions, oldest first, wherever they are held.
+#[derive(Debug, Clone, Copy)]
+pub enum Versions<'a> {
+    Slice(&'a [Version]),
+    Vector(&'a imbl::Vector<Version>),
+}
+
+impl<'a> Versions<'a> {
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Slice(s) => s.len(),
+            Self::Vector(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn get(&self, i: usize) -> Option<&'a Version> {
+        match *self {
+            Self::Slice(s) => s.get(i),
+            Self::Vector(v) => v.get(i),
+        }
+    }
+
+    pub fn last(&self) -> Option<&'a Version> {
+        self.len().checked_sub(1).and_then(|i| self.get(i))
+    }
+
+    /// The index of the first version for which `pred` is false (`pred` holds for a prefix).
+    pub fn partition_point(&self, pred: impl Fn(&Version) -> bool) -> usize {
+        match *self {
+            Self::Slice(s) => s.partition_point(pred),
+            Self::Vector(v) => {
+                let (mut lo, mut hi) = (0, v.len());
+                while lo < hi {
+                    let mid = lo + (hi - lo) / 2;
+                    if pred(&v[mid]) {
+                        lo = mid + 1;
+                    } else {
+                        hi = mid;
+                    }
+                }
+                lo
+            }
+        }
+    }
+
+    pub fn iter(&self) -> VersionsIter<'a> {
+        match *self {
+            Self::Slice(s) => VersionsIter::Slice(s.iter()),
+            Self::Vector(v) => VersionsIter::Vector(v.iter()),
+        }
+    }
+}
+
+impl std::ops::Index<usize> for Versions<'_> {
+    type Output = Version;
+
+    fn index(&self, i: usize) -> &Version {
+        self.get(i).expect("version index in bounds")
+    }
+}
+
+pub enum VersionsIter<'a> {
+    Slice(std::slice::Iter<'a, Version>),
+    Vector(imbl::vector::Iter<'a, Version, imbl::shared_ptr::DefaultSharedPtr>),
+}
+
+impl<'a> Iterator for VersionsIter<'a> {
+    type Item = &'a Version;
+
+    fn next(&mut self) -> Option<&'a Version> {
+        match self {
+            Self::Slice(i) => i.next(),
+            Self::Vector(i) => i.next(),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match self {
+            Self::Slice(i) => i.size_hint(),
+            Self::Vector(i) => i.size_hint(),
+        }
+    }
+}
 
 impl History {
     fn one(v: Version) -> Self {
-        Self(ThinArc::from_header_and_iter((), std::iter::once(v)))
+        Self(ThinArc::from_header_and_iter(None, std::iter::once(v)))
     }
 
-    fn from_versions(versions: &[Version]) -> Self {
-        Self(ThinArc::from_header_and_iter((), versions.iter().cloned()))
+    /// A history of `versions`, in its own allocation or spilled, by how many there are.
+    fn collect<'a>(versions: impl ExactSizeIterator<Item = &'a Version>) -> Self {
+        if versions.len() <= SPILL_AFTER {
+            Self(ThinArc::from_header_and_iter(None, versions.cloned()))
+        } else {
+            Self::spilled(versions.cloned().collect())
+        }
+    }
+
+    fn spilled(versions: imbl::Vector<Version>) -> Self {
+        Self(ThinArc::from_header_and_iter(
+            Some(Box::new(versions)),
+            std::iter::empty(),
+        ))
+    }
+
+    /// The versions from the `start`-th on.
+    fn from(&self, start: usize) -> Self {
+        match self.versions() {
+            Versions::Slice(s) => Self::collect(s[start..].iter()),
+            Versions::Vector(v) => {
+                let rest = v.clone().split_off(start);
+                if rest.len() <= SPILL_AFTER {
+                    Self::collect(rest.iter())
+                } else {
+                    Self::spilled(rest)
+                }
+            }
+        }
     }
 
     /// The version in effect at `rev` (the newest with `mod_revision <= rev`), tombstones
@@ -110,7 +240,7 @@ impl History {
     pub fn at(&self, rev: i64) -> Option<&Version> {
         let versions = self.versions();
         let i = versions.partition_point(|v| v.mod_revision <= rev);
-        i.checked_sub(1).map(|i| &versions[i])
+        i.checked_sub(1).and_then(|i| versions.get(i))
     }
 
     /// The live version at `rev` (None when absent or deleted).
@@ -125,7 +255,7 @@ impl History {
         let v = versions.get(i).filter(|v| v.mod_revision == rev)?;
         let prev = i
             .checked_sub(1)
-            .map(|j| &versions[j])
+            .and_then(|j| versions.get(j))
             .filter(|p| !p.is_tombstone());
         Some((v, prev))
     }
@@ -134,8 +264,11 @@ impl History {
         self.versions().last()
     }
 
-    pub fn versions(&self) -> &[Version] {
-        &self.0.slice
+    pub fn versions(&self) -> Versions<'_> {
+        match &self.0.header.header {
+            Some(v) => Versions::Vector(v),
+            None => Versions::Slice(&self.0.slice),
+        }
     }
 
     /// This history with `v` appended, and the lease of the live version `v` follows (0
@@ -146,17 +279,28 @@ impl History {
             return None;
         }
         let prev_lease = latest.filter(|p| !p.is_tombstone()).map_or(0, |p| p.lease);
-        let old = self.versions();
-        let mut v = Some(v);
-        // A range, so that the allocation is sized from the iterator's exact length.
-        let versions = (0..old.len() + 1).map(|i| match old.get(i) {
-            Some(o) => o.clone(),
-            None => v.take().expect("the new version comes last, once"),
-        });
-        Some((
-            History(ThinArc::from_header_and_iter((), versions)),
-            prev_lease,
-        ))
+        let history = match self.versions() {
+            Versions::Slice(old) if old.len() < SPILL_AFTER => {
+                let mut v = Some(v);
+                // A range, so that the allocation is sized from the iterator's exact length.
+                let versions = (0..old.len() + 1).map(|i| match old.get(i) {
+                    Some(o) => o.clone(),
+                    None => v.take().expect("the new version comes last, once"),
+                });
+                History(ThinArc::from_header_and_iter(None, versions))
+            }
+            Versions::Slice(old) => {
+                let mut all: imbl::Vector<Version> = old.iter().cloned().collect();
+                all.push_back(v);
+                History::spilled(all)
+            }
+            Versions::Vector(old) => {
+                let mut all = old.clone();
+                all.push_back(v);
+                History::spilled(all)
+            }
+        };
+        Some((history, prev_lease))
     }
 }
 
@@ -661,21 +805,20 @@ impl State {
             if start == 0 {
                 continue;
             }
-            let dropped = &versions[..start];
+            let dropped = || versions.iter().take(start);
             if !self.subs.is_empty() {
-                for v in dropped {
+                for v in dropped() {
                     self.subs.remove(&(v.mod_revision, key.clone()));
                 }
             }
-            self.bytes -= dropped
-                .iter()
+            self.bytes -= dropped()
                 .map(|v| (key.len() + v.value.len()) as i64)
                 .sum::<i64>();
-            self.versions -= dropped.len() as i64;
+            self.versions -= start as i64;
             if start == versions.len() {
                 self.keys.remove(&key);
             } else {
-                let kept = History::from_versions(&versions[start..]);
+                let kept = h.from(start);
                 self.keys.insert(key, kept);
             }
         }

@@ -466,3 +466,46 @@ fn sub_revisions_survive_compaction_and_snapshots() {
     st.compact(6);
     assert_eq!(st.subs.len(), 3);
 }
+
+#[test]
+fn a_key_written_many_times_keeps_every_version_and_compacts_either_way() {
+    let mut st = State::new();
+    let old = st.clone();
+    // Past SPILL_AFTER versions the history moves into a vector: reads at every revision,
+    // the shared older state, and compaction must not tell the difference.
+    let revs: Vec<i64> = (0..200)
+        .map(|i| put(&mut st, "hot", &i.to_string()))
+        .collect();
+    put(&mut st, "cold", "x");
+    assert!(matches!(
+        st.history(b"hot").unwrap().versions(),
+        Versions::Vector(_)
+    ));
+    for (i, rev) in revs.iter().enumerate() {
+        let kv = get(&st, "hot", *rev).unwrap();
+        assert_eq!(kv.value, i.to_string());
+        assert_eq!(kv.version, i as i64 + 1);
+        assert_eq!(kv.mod_revision, *rev);
+    }
+    assert!(old.history(b"hot").is_none());
+    let snapshot = st.clone();
+    // Compacting to the 190th write leaves 10 versions: back in the history's own allocation.
+    st.compact(revs[190]);
+    let h = st.history(b"hot").unwrap();
+    assert!(matches!(h.versions(), Versions::Slice(_)));
+    assert_eq!(h.versions().len(), 10);
+    assert_eq!(get(&st, "hot", revs[195]).unwrap().value, "195");
+    assert_eq!(st.versions_count(), 11);
+    // The state before the compaction still holds all of them.
+    assert_eq!(snapshot.history(b"hot").unwrap().versions().len(), 200);
+    // Compacting to the 50th leaves 150: still a vector, starting at the 50th.
+    let mut st = snapshot;
+    st.compact(revs[50]);
+    let h = st.history(b"hot").unwrap();
+    assert!(matches!(h.versions(), Versions::Vector(_)));
+    assert_eq!(h.versions().len(), 150);
+    assert_eq!(h.versions()[0].mod_revision, revs[50]);
+    assert_eq!(st.check_revision(revs[49]), Err(Error::Compacted));
+    assert_eq!(get(&st, "hot", revs[50]).unwrap().value, "50");
+    assert_eq!(get(&st, "hot", 0).unwrap().value, "199");
+}
