@@ -12,7 +12,10 @@
 #   3. runs `netsy bench` against all of them (ratios are to etcd) and the in-process
 #      `startup` workload; then `etcdctl check perf --load=l` against etcd, Netsy (file) and
 #      examples/noop_kv.rs, a gRPC server that stores nothing: the most any server can reach
-#      with that client on this machine (etcdctl's own CPU time is printed with each).
+#      with that client on this machine (etcdctl's own CPU time is printed with each);
+#   4. runs etcd's own benchmark tool (go.etcd.io/etcd/v3/tools/benchmark, built by
+#      scripts/kube-build.sh refs-benchmark) with the configurations etcd's performance
+#      docs publish, against etcd and Netsy (file): figures comparable with etcd's.
 # Arguments go to `netsy bench` (e.g. --duration-seconds 5 --workload put,get);
 # BENCH_TARGETS_ONLY=1 skips the startup workload and the etcdctl checks.
 # Results: a table on stdout, JSON in ${BENCH_OUT:-target/bench}.
@@ -95,3 +98,27 @@ for t in "etcd=$etcd_port" "netsy-file=$file_port" "noop-grpc=$noop_port"; do
   echo "# etcdctl check perf --load=l on ${t%%=*}"
   time (etcdctl --endpoints="127.0.0.1:${t#*=}" check perf --load=l 2>&1 | grep -E '^(PASS|FAIL)' || true)
 done
+
+if tool=$(scripts/kube-build.sh refs-benchmark 2>"$work/benchmark-build.log"); then
+  echo "# etcd's benchmark tool (the configurations of etcd's performance docs)"
+  for t in "etcd=$etcd_port" "netsy-file=$file_port"; do
+    etcdctl --endpoints="127.0.0.1:${t#*=}" put foo bar >/dev/null
+  done
+  while IFS='|' read -r name args; do
+    for t in "etcd=$etcd_port" "netsy-file=$file_port"; do
+      printf '%-32s %-11s ' "$name" "${t%%=*}"
+      # shellcheck disable=SC2086
+      "$tool/benchmark" --endpoints="127.0.0.1:${t#*=}" $args 2>&1 |
+        awk '/Requests\/sec/{r=$2} /Average/{a=$2} /Slowest/{s=$2} END{printf "%9.0f req/s  average %.4f s  slowest %.4f s\n", r, a, s}'
+    done
+  done <<'CONFIGS'
+put, 1 connection, 1 client|--conns=1 --clients=1 put --key-size=8 --sequential-keys --total=10000 --val-size=256
+put, 100 connections, 1000 clients|--conns=100 --clients=1000 put --key-size=8 --sequential-keys --total=100000 --val-size=256
+range l, 1 connection, 1 client|--conns=1 --clients=1 range foo --consistency=l --total=10000
+range l, 100 conns, 1000 clients|--conns=100 --clients=1000 range foo --consistency=l --total=100000
+range s, 1 connection, 1 client|--conns=1 --clients=1 range foo --consistency=s --total=10000
+range s, 100 conns, 1000 clients|--conns=100 --clients=1000 range foo --consistency=s --total=100000
+CONFIGS
+else
+  echo "bench.sh: etcd's benchmark tool could not be built (scripts/kube-build.sh refs-benchmark: $(tail -1 "$work/benchmark-build.log")); skipping it" >&2
+fi

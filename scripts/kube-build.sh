@@ -10,8 +10,11 @@
 #   scripts/kube-build.sh refs-3.6          etcd, etcdctl, etcdutl 3.6 (tests/refs/etcd-3.6.mod)
 #   scripts/kube-build.sh refs-3.5          and 3.5 (etcd-3.5.mod): the migration suite
 #                                            restores their snapshots, and they Netsy's
+#   scripts/kube-build.sh refs-benchmark    etcd's benchmark tool (go.etcd.io/etcd/v3/
+#                                            tools/benchmark, etcd-benchmark.mod), the one
+#                                            etcd's performance docs use: `just bench`
 #
-# Binaries land in target/kube/<1.37|1.34|refs|refs-3.5|refs-3.6>/ and are rebuilt only when the module file
+# Binaries land in target/kube/<1.37|1.34|refs|refs-3.5|refs-3.6|refs-benchmark>/ and are rebuilt only when the module file
 # (or its go.sum) changed. The directory is printed on stdout.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -41,7 +44,13 @@ case "$what" in
     out=$here/target/kube/$what
     pkgs=(./cmd/etcd go.etcd.io/etcd/etcdctl/v3 go.etcd.io/etcd/etcdutl/v3)
     ;;
-  *) echo "kube-build: build k8s [VERSION], refs, refs-3.5 or refs-3.6" >&2; exit 2 ;;
+  refs-benchmark)
+    dir=$here/tests/refs
+    modfile=$dir/etcd-benchmark.mod
+    out=$here/target/kube/$what
+    pkgs=(go.etcd.io/etcd/v3/tools/benchmark)
+    ;;
+  *) echo "kube-build: build k8s [VERSION], refs, refs-3.5, refs-3.6 or refs-benchmark" >&2; exit 2 ;;
 esac
 stamp=$out/.built-from
 want=$(cat "$modfile" "${modfile%.mod}.sum" | sha256sum | cut -c1-16)
