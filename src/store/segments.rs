@@ -655,6 +655,14 @@ struct Unconfirmed {
     records: Vec<(usize, u64, Answer)>,
 }
 
+/// A group's decisions: answers by job, and the records to append for them.
+struct Decided {
+    decided: Vec<(usize, Answer)>,
+    buf: Vec<u8>,
+    /// Each appended record (offsets relative to the start of `buf`) and its job.
+    written: Vec<(usize, Record)>,
+}
+
 /// How an attempt at a group ended.
 enum Attempt {
     /// Every job is answered.
@@ -698,6 +706,13 @@ impl Committer {
                 break Refused::Contended;
             }
             attempt += 1;
+            if self.owned.is_none() && unconfirmed.is_none() {
+                match self.answer_without_writing(group, &mut answers) {
+                    Ok(true) => break Refused::Contended, // unused: every job is answered
+                    Ok(false) => {}
+                    Err(e) => break Refused::Io(e.to_string()),
+                }
+            }
             if self.owned.is_none() {
                 if let Err(e) = self.claim(&mut answers, unconfirmed.take()) {
                     tracing::warn!(error = %e, "could not claim the segments directory");
@@ -799,14 +814,15 @@ impl Committer {
         Ok(())
     }
 
-    /// Decides and appends the unanswered jobs under the owned epoch.
-    fn attempt(
-        &mut self,
+    /// Decides each unanswered job against the index and the jobs before it in the group,
+    /// encoding what is to be appended.
+    fn decide(
+        &self,
+        shared: &Shared,
+        index: &Index,
         group: &[Job],
-        answers: &mut [Option<Answer>],
-    ) -> std::io::Result<Attempt> {
-        let shared = self.shared.clone();
-        let mut index = shared.index.lock().unwrap();
+        answers: &[Option<Answer>],
+    ) -> std::io::Result<Decided> {
         let now = now_ms();
         // Decide each job against the index and the jobs before it in this group.
         let mut view: HashMap<&str, Option<String>> = HashMap::new();
@@ -879,6 +895,48 @@ impl Committer {
             };
             decided.push((i, answer));
         }
+        Ok(Decided {
+            decided,
+            buf,
+            written,
+        })
+    }
+
+    /// Answers a group that writes nothing (refused creates and updates, deletes of absent
+    /// keys) on what is committed, without claiming the directory: a refusal rests only on
+    /// committed records, which no later claim takes back. False (nothing answered) when
+    /// some job has to write.
+    fn answer_without_writing(
+        &mut self,
+        group: &[Job],
+        answers: &mut [Option<Answer>],
+    ) -> std::io::Result<bool> {
+        let shared = self.shared.clone();
+        let mut index = shared.index.lock().unwrap();
+        shared.catch_up(&mut index)?;
+        let d = self.decide(&shared, &index, group, answers)?;
+        if !d.buf.is_empty() {
+            return Ok(false);
+        }
+        for (i, answer) in d.decided {
+            answers[i] = Some(answer);
+        }
+        Ok(true)
+    }
+
+    /// Decides and appends the unanswered jobs under the owned epoch.
+    fn attempt(
+        &mut self,
+        group: &[Job],
+        answers: &mut [Option<Answer>],
+    ) -> std::io::Result<Attempt> {
+        let shared = self.shared.clone();
+        let mut index = shared.index.lock().unwrap();
+        let Decided {
+            decided,
+            buf,
+            written,
+        } = self.decide(&shared, &index, group, answers)?;
         let removed = self
             .owned
             .as_ref()
@@ -1531,6 +1589,45 @@ mod tests {
         assert_eq!(b.get("chunks/3").await.unwrap().data, "a");
         assert_eq!(c.get("chunks/2").await.unwrap().data, "b");
         assert!(c.get("chunks/late").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_group_that_writes_nothing_does_not_fence_the_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = open(dir.path(), &[""]);
+        a.put("k", Bytes::from_static(b"a"), PutMode::Create)
+            .await
+            .unwrap();
+        let b = open(dir.path(), &[""]);
+        let err = b
+            .put("k", Bytes::from_static(b"b"), PutMode::Create)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err}");
+        let err = b
+            .put(
+                "k",
+                Bytes::from_static(b"b"),
+                PutMode::Update("stale".into()),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Precondition { .. }), "{err}");
+        b.delete("absent").await.unwrap();
+        let claims = |dir: &Path| {
+            let s = Shared {
+                dir: dir.join(SEGMENTS_DIR),
+                index: Mutex::default(),
+            };
+            s.list().unwrap().claims.into_iter().collect::<Vec<_>>()
+        };
+        assert_eq!(claims(dir.path()), [1], "only a claimed");
+        // A write does claim.
+        b.put("k2", Bytes::from_static(b"b"), PutMode::Create)
+            .await
+            .unwrap();
+        assert_eq!(claims(dir.path()), [1, 2]);
+        assert_eq!(a.get("k2").await.unwrap().data, "b");
     }
 
     #[tokio::test]
