@@ -100,7 +100,23 @@ for t in "etcd=$etcd_port" "netsy-file=$file_port" "noop-grpc=$noop_port"; do
 done
 
 if tool=$(scripts/kube-build.sh refs-benchmark 2>"$work/benchmark-build.log"); then
-  echo "# etcd's benchmark tool (the configurations of etcd's performance docs)"
+  # Fresh servers, alone: the ones above hold what the workloads wrote.
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  pids=()
+  echo "# etcd's benchmark tool (the configurations of etcd's performance docs), fresh etcd and Netsy (file)"
+  etcd_port=$(port); peer_port=$(port)
+  etcd --name tool --data-dir "$work/etcd-tool" \
+    --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+    --initial-cluster "tool=http://127.0.0.1:$peer_port" --quota-backend-bytes $((8 * 1024 * 1024 * 1024)) \
+    >"$work/etcd-tool.log" 2>&1 &
+  pids+=($!)
+  file_port=$(port)
+  RUST_LOG=warn "$bin" serve --store "$work/netsy-tool" --listen-client-addr "127.0.0.1:$file_port" >"$work/netsy-tool.log" 2>&1 &
+  pids+=($!)
+  wait_health "http://127.0.0.1:$etcd_port" etcd
+  wait_health "http://127.0.0.1:$file_port" "netsy (file)"
   for t in "etcd=$etcd_port" "netsy-file=$file_port"; do
     etcdctl --endpoints="127.0.0.1:${t#*=}" put foo bar >/dev/null
   done
