@@ -701,33 +701,35 @@ impl Committer {
         let mut answers: Vec<Option<Answer>> = vec![None; group.len()];
         let mut unconfirmed = None;
         let mut attempt = 0;
-        let failure = loop {
+        // None: every job is answered.
+        let failure: Option<Refused> = loop {
             if attempt == CLAIM_ATTEMPTS {
-                break Refused::Contended;
+                break Some(Refused::Contended);
             }
             attempt += 1;
             if self.owned.is_none() && unconfirmed.is_none() {
                 match self.answer_without_writing(group, &mut answers) {
-                    Ok(true) => break Refused::Contended, // unused: every job is answered
+                    Ok(true) => break None,
                     Ok(false) => {}
-                    Err(e) => break Refused::Io(e.to_string()),
+                    Err(e) => break Some(Refused::Io(e.to_string())),
                 }
             }
             if self.owned.is_none() {
                 if let Err(e) = self.claim(&mut answers, unconfirmed.take()) {
                     tracing::warn!(error = %e, "could not claim the segments directory");
-                    break Refused::Io(e.to_string());
+                    break Some(Refused::Io(e.to_string()));
                 }
                 if answers.iter().all(Option::is_some) {
-                    break Refused::Contended; // unused: every job is answered
+                    break None;
                 }
             }
             match self.attempt(group, &mut answers) {
-                Ok(Attempt::Done) => break Refused::Contended, // unused: every job is answered
+                Ok(Attempt::Done) => break None,
                 Ok(Attempt::Fenced(fenced)) => {
                     tracing::info!(
                         epoch = self.owned.as_ref().map(|o| o.epoch),
-                        "another process claimed the segments directory; claiming it back"
+                        attempt,
+                        "another process claimed the segments directory; deciding the group again"
                     );
                     self.disown();
                     unconfirmed = fenced;
@@ -738,10 +740,11 @@ impl Committer {
                     // What was appended may still be sealed in by the next claim: the
                     // answer is an error, as for a PUT whose response was lost.
                     self.disown();
-                    break Refused::Io(e.to_string());
+                    break Some(Refused::Io(e.to_string()));
                 }
             }
         };
+        let failure = failure.unwrap_or_else(|| Refused::Io("left unanswered".into()));
         answers
             .into_iter()
             .map(|a| a.unwrap_or_else(|| Err(failure.clone())))
