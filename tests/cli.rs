@@ -48,7 +48,7 @@ fn inspect_shows_a_go_file_and_exits_zero() {
 
 #[test]
 fn inspect_reads_a_chunk_of_a_directory_store_by_its_path() {
-    // The segments store keeps chunks in segment files: inspect finds them by key.
+    // The directory store keeps chunks in segment files: inspect finds them by key.
     let dir = tempfile::tempdir().unwrap();
     let key = "chunks/0007/0000000000000000007.netsy";
     let data = std::fs::read(format!("{GO}/chunk-plain.netsy")).unwrap();
