@@ -104,8 +104,7 @@ const SPILL_AFTER: usize = 16;
 
 impl PartialEq for History {
     fn eq(&self, other: &Self) -> bool {
-        let (a, b) = (self.versions(), other.versions());
-        a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x == y)
+        self.versions().iter().eq(other.versions().iter())
     }
 }
 
@@ -145,18 +144,16 @@ impl<'a> Versions<'a> {
     pub fn partition_point(&self, pred: impl Fn(&Version) -> bool) -> usize {
         match *self {
             Self::Slice(s) => s.partition_point(pred),
-            Self::Vector(v) => {
-                let (mut lo, mut hi) = (0, v.len());
-                while lo < hi {
-                    let mid = lo + (hi - lo) / 2;
-                    if pred(&v[mid]) {
-                        lo = mid + 1;
+            // Never Equal: the search ends where `pred` turns false.
+            Self::Vector(v) => v
+                .binary_search_by(|x| {
+                    if pred(x) {
+                        std::cmp::Ordering::Less
                     } else {
-                        hi = mid;
+                        std::cmp::Ordering::Greater
                     }
-                }
-                lo
-            }
+                })
+                .unwrap_or_else(|i| i),
         }
     }
 

@@ -41,7 +41,7 @@
 //! Segments named `{seq}.seg` are an earlier version's (epoch 0, written under a lock on
 //! `LOCK`); the first claim seals them like any other epoch.
 
-use super::local::LocalStore;
+use super::local::{sync_dir, LocalStore};
 use super::{content_etag, Object, ObjectMeta, ObjectStore, PutMode, Result, StoreError};
 use crate::clock::now_ms;
 use async_trait::async_trait;
@@ -266,10 +266,6 @@ fn corrupt(message: String) -> std::io::Error {
     std::io::Error::new(ErrorKind::InvalidData, message)
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 fn epoch_file(epoch: u64, suffix: &str) -> String {
     format!("{epoch:020}{suffix}")
 }
@@ -298,12 +294,18 @@ fn decode_head(bytes: &[u8]) -> Option<(u64, u64)> {
     })
 }
 
-/// A small cheap jitter, so processes fencing each other do not retry in step.
-fn jitter_ms(attempt: u32) -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    (u64::from(nanos ^ std::process::id()) % 4 + 1) * u64::from(attempt.min(8))
+/// How long a fenced group waits before it is decided again: jittered, so processes fencing
+/// each other do not retry in step.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(rand::random_range(1..=4) * u64::from(attempt.min(8)))
+}
+
+/// Removes `path`; one already gone is fine (another process removed it).
+fn remove_if_present(path: &Path) -> std::io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 impl Index {
@@ -490,14 +492,12 @@ impl Shared {
     fn catch_up(&self, index: &mut Index) -> std::io::Result<()> {
         let mut listing = self.list()?;
         if let Some(latest) = listing.latest_claim() {
-            let fenced: Vec<u64> = listing
+            let fenced: BTreeSet<u64> = listing
                 .claims
                 .iter()
                 .copied()
                 .chain(listing.segments.iter().map(|s| s.epoch).filter(|e| *e == 0))
                 .filter(|e| *e < latest && !listing.seals.contains(e))
-                .collect::<BTreeSet<_>>()
-                .into_iter()
                 .collect();
             for e in fenced {
                 self.write_seal(index, e, &listing)?;
@@ -647,6 +647,16 @@ struct Owned {
     active: Option<(u64, File)>,
 }
 
+impl Owned {
+    /// The segment being appended to.
+    fn active_id(&self) -> Option<SegId> {
+        self.active.as_ref().map(|(seq, _)| SegId {
+            epoch: self.epoch,
+            seq: *seq,
+        })
+    }
+}
+
 /// Records appended by a group that then found itself fenced: whether each made it is
 /// known once the epoch is sealed.
 struct Unconfirmed {
@@ -733,7 +743,7 @@ impl Committer {
                     );
                     self.disown();
                     unconfirmed = fenced;
-                    std::thread::sleep(Duration::from_millis(jitter_ms(attempt)));
+                    std::thread::sleep(backoff(attempt));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, jobs = group.len(), "segment append failed");
@@ -943,11 +953,8 @@ impl Committer {
         let removed = self
             .owned
             .as_ref()
-            .and_then(|o| o.active.as_ref())
-            .is_some_and(|(seq, _)| {
-                let epoch = self.owned.as_ref().map_or(0, |o| o.epoch);
-                !index.segments.contains_key(&SegId { epoch, seq: *seq })
-            });
+            .and_then(Owned::active_id)
+            .is_some_and(|id| !index.segments.contains_key(&id));
         if removed {
             // Only a later epoch's owner removes the segment being appended to.
             return Ok(Attempt::Fenced(None));
@@ -1048,22 +1055,13 @@ impl Committer {
     /// Removes leading segments that hold nothing current (never the one being appended
     /// to), then the claims, heads and seals of epochs left without segments.
     fn remove_dead(&mut self, index: &mut Index) -> std::io::Result<()> {
-        let active = self.owned.as_ref().and_then(|o| {
-            o.active.as_ref().map(|(seq, _)| SegId {
-                epoch: o.epoch,
-                seq: *seq,
-            })
-        });
+        let active = self.owned.as_ref().and_then(Owned::active_id);
         let mut removed = false;
         while let Some((&id, state)) = index.segments.iter().next() {
             if Some(id) == active || state.live > 0 {
                 break;
             }
-            match fs::remove_file(self.shared.path(&id.name())) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
+            remove_if_present(&self.shared.path(&id.name()))?;
             index.segments.remove(&id);
             removed = true;
             tracing::debug!(
@@ -1093,11 +1091,7 @@ impl Committer {
             .collect();
         for e in old {
             for suffix in [CLAIM_SUFFIX, HEAD_SUFFIX, SEAL_SUFFIX] {
-                match fs::remove_file(self.shared.path(&epoch_file(e, suffix))) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
-                }
+                remove_if_present(&self.shared.path(&epoch_file(e, suffix)))?;
             }
             index.seals.remove(&e);
         }
