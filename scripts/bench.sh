@@ -38,16 +38,22 @@ wait_health() { # url name
   echo "bench.sh: $2 did not become healthy" >&2; exit 1
 }
 
-etcd_port=$(port); peer_port=$(port)
-etcd --name bench --data-dir "$work/etcd" \
-  --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
-  --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
-  --initial-cluster "bench=http://127.0.0.1:$peer_port" --quota-backend-bytes $((8 * 1024 * 1024 * 1024)) \
-  >"$work/etcd.log" 2>&1 &
-pids+=($!)
-file_port=$(port)
-RUST_LOG=warn "$bin" serve --store "$work/netsy" --listen-client-addr "127.0.0.1:$file_port" >"$work/netsy-file.log" 2>&1 &
-pids+=($!)
+# A fresh etcd and a fresh Netsy on the directory store, named NAME: sets etcd_port and
+# file_port.
+start_pair() { # name
+  etcd_port=$(port); local peer_port; peer_port=$(port)
+  etcd --name "$1" --data-dir "$work/etcd-$1" \
+    --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+    --initial-cluster "$1=http://127.0.0.1:$peer_port" --quota-backend-bytes $((8 * 1024 * 1024 * 1024)) \
+    >"$work/etcd-$1.log" 2>&1 &
+  pids+=($!)
+  file_port=$(port)
+  RUST_LOG=warn "$bin" serve --store "$work/netsy-$1" --listen-client-addr "127.0.0.1:$file_port" >"$work/netsy-$1.log" 2>&1 &
+  pids+=($!)
+}
+
+start_pair bench
 targets=(--target "etcd=127.0.0.1:$etcd_port" --target "netsy-file=127.0.0.1:$file_port")
 wait_health "http://127.0.0.1:$etcd_port" etcd
 wait_health "http://127.0.0.1:$file_port" "netsy (file)"
@@ -105,16 +111,7 @@ if tool=$(scripts/kube-build.sh refs-benchmark 2>"$work/benchmark-build.log"); t
   wait 2>/dev/null || true
   pids=()
   echo "# etcd's benchmark tool (the configurations of etcd's performance docs), fresh etcd and Netsy (file)"
-  etcd_port=$(port); peer_port=$(port)
-  etcd --name tool --data-dir "$work/etcd-tool" \
-    --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
-    --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
-    --initial-cluster "tool=http://127.0.0.1:$peer_port" --quota-backend-bytes $((8 * 1024 * 1024 * 1024)) \
-    >"$work/etcd-tool.log" 2>&1 &
-  pids+=($!)
-  file_port=$(port)
-  RUST_LOG=warn "$bin" serve --store "$work/netsy-tool" --listen-client-addr "127.0.0.1:$file_port" >"$work/netsy-tool.log" 2>&1 &
-  pids+=($!)
+  start_pair tool
   wait_health "http://127.0.0.1:$etcd_port" etcd
   wait_health "http://127.0.0.1:$file_port" "netsy (file)"
   for t in "etcd=$etcd_port" "netsy-file=$file_port"; do
